@@ -1,0 +1,229 @@
+"""Datalists from class-folder image datasets, split by class (stratified) or by groups of related images."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "list_class_folder",
+    "split_datalist",
+    "make_class_folder_datalist",
+    "write_json_atomic",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
+SPLITS = ("training", "validation", "test")
+
+
+def write_json_atomic(obj: object, path: str) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def list_class_folder(
+    dataset_dir: str,
+    classes: Sequence[str],
+    exclude: Sequence[str] = (),
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+) -> list[dict]:
+    """List ``dataset_dir/<class>/<image>`` files as ``{"image": path, "label": class index}``.
+
+    Args:
+        dataset_dir: root folder holding one sub-folder per class.
+        classes: class folder names; the label is the position in this list.
+        exclude: glob patterns of file names to skip (e.g. ``"*_mask*"`` for BUSI's masks).
+        extensions: accepted file name endings (case-insensitive).
+
+    Returns:
+        Items sorted by path, with absolute image paths.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` or a class folder is missing.
+        ValueError: a class folder holds no image.
+    """
+    if not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(f"dataset folder {dataset_dir!r} does not exist.")
+    items = []
+    for label, cls in enumerate(classes):
+        folder = os.path.join(dataset_dir, cls)
+        if not os.path.isdir(folder):
+            found = sorted(d for d in os.listdir(dataset_dir) if os.path.isdir(os.path.join(dataset_dir, d)))
+            raise FileNotFoundError(
+                f"class folder {folder!r} is missing; expected one folder per class {list(classes)} in "
+                f"{dataset_dir!r}, found {found}."
+            )
+        files = sorted(
+            f
+            for f in os.listdir(folder)
+            if f.lower().endswith(tuple(e.lower() for e in extensions))
+            and not any(fnmatch.fnmatch(f, pat) for pat in exclude)
+        )
+        if not files:
+            raise ValueError(f"class folder {folder!r} holds no image with extension {tuple(extensions)}.")
+        items += [{"image": os.path.abspath(os.path.join(folder, f)), "label": label} for f in files]
+    return items
+
+
+def _group_key(path: str, pattern: str, group_size: int) -> str:
+    m = re.search(pattern, os.path.basename(path))
+    if m is None:
+        raise ValueError(f"file {path!r} does not match the group pattern {pattern!r}.")
+    key = m.group(1) if m.groups() else m.group(0)
+    return str(int(key) // group_size) if group_size > 1 else key
+
+
+def _assign(n: int, fractions: Sequence[float]) -> list[int]:
+    """Interleave ``n`` ordered units over splits so every prefix follows the fractions (largest deficit first)."""
+    counts = [0] * len(fractions)
+    out = []
+    for i in range(n):
+        deficits = [f * (i + 1) - c for f, c in zip(fractions, counts)]
+        k = int(np.argmax(deficits))
+        counts[k] += 1
+        out.append(k)
+    return out
+
+
+def split_datalist(
+    items: Sequence[dict],
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    group_pattern: str | None = None,
+    group_size: int = 1,
+    shuffle_groups: bool = True,
+) -> dict[str, list[dict]]:
+    """Split items into training/validation/test.
+
+    Without ``group_pattern`` the split is stratified by label with a seeded shuffle per class. With it, all
+    items whose file name gives the same group key (the pattern's first capture group, integer-divided by
+    ``group_size`` when > 1: e.g. ``r"_z(\\d+)_"`` with 10 puts blocks of 10 slices together) land in one
+    split, so related images (same patient, neighbouring slices) never straddle splits.
+
+    Args:
+        items: ``{"image", "label"}`` dicts.
+        val_fraction: fraction for validation.
+        test_fraction: fraction for test.
+        seed: RNG seed.
+        group_pattern: regex applied to the file name that yields the group key.
+        group_size: integer keys are bucketed by this size.
+        shuffle_groups: shuffle groups with ``seed`` (True) or interleave them in key order (False, which
+            spreads ordered groups such as slice blocks evenly over the splits).
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}``.
+
+    Raises:
+        ValueError: fractions out of range.
+    """
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 and sum < 1.")
+    fr = (1 - val_fraction - test_fraction, val_fraction, test_fraction)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    if group_pattern is None:
+        by_label: dict[int, list[dict]] = {}
+        for it in items:
+            by_label.setdefault(int(np.asarray(it["label"]).argmax()) if np.ndim(it["label"]) else int(it["label"]), []).append(it)
+        for label in sorted(by_label):
+            group = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
+            n_val = int(round(len(group) * val_fraction))
+            n_test = int(round(len(group) * test_fraction))
+            out["validation"] += group[:n_val]
+            out["test"] += group[n_val : n_val + n_test]
+            out["training"] += group[n_val + n_test :]
+    else:
+        groups: dict[str, list[dict]] = {}
+        for it in items:
+            groups.setdefault(_group_key(it["image"], group_pattern, group_size), []).append(it)
+        keys = sorted(groups, key=lambda k: (len(k), k))
+        if shuffle_groups:
+            keys = [keys[i] for i in rng.permutation(len(keys))]
+        for key, split in zip(keys, _assign(len(keys), fr)):
+            out[SPLITS[split]] += groups[key]
+    for s in SPLITS:
+        out[s].sort(key=lambda it: it["image"])
+    return out
+
+
+def make_class_folder_datalist(
+    dataset_dir: str,
+    classes: Sequence[str],
+    datalist_json: str | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    exclude: Sequence[str] = (),
+    group_pattern: str | None = None,
+    group_size: int = 1,
+    shuffle_groups: bool = True,
+    missing_message: str | None = None,
+) -> dict[str, list[dict]]:
+    """List a class-folder dataset, split it, and keep the split in a datalist JSON.
+
+    If ``datalist_json`` exists it is read instead (so a split is fixed once written), after checking that
+    every file in it still exists and that its classes match. Paths in the JSON are relative to
+    ``dataset_dir``.
+
+    Args:
+        dataset_dir: folder of class folders.
+        classes: class names, in label order.
+        datalist_json: where the split is written (and read from on later runs); None keeps it in memory.
+        val_fraction: fraction for validation.
+        test_fraction: fraction for test.
+        seed: split seed.
+        exclude: file-name glob patterns to skip.
+        group_pattern: see :func:`split_datalist`.
+        group_size: see :func:`split_datalist`.
+        shuffle_groups: see :func:`split_datalist`.
+        missing_message: message of the error raised when ``dataset_dir`` is missing (e.g. where to get it).
+
+    Returns:
+        ``{"training", "validation", "test"}`` lists of ``{"image": absolute path, "label": int}``.
+
+    Raises:
+        FileNotFoundError: the dataset folder, a class folder, or a file listed in the JSON is missing.
+        ValueError: the JSON's classes differ from ``classes``.
+    """
+    if not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(missing_message or f"dataset folder {dataset_dir!r} does not exist.")
+    root = os.path.abspath(dataset_dir)
+    if datalist_json and os.path.isfile(datalist_json):
+        with open(datalist_json) as f:
+            saved = json.load(f)
+        if list(saved.get("classes", [])) != list(classes):
+            raise ValueError(
+                f"{datalist_json} was written for classes {saved.get('classes')}, not {list(classes)}; "
+                "delete it to re-split."
+            )
+        out = {s: [{**it, "image": os.path.join(root, it["image"])} for it in saved[s]] for s in SPLITS}
+        missing = [it["image"] for s in SPLITS for it in out[s] if not os.path.isfile(it["image"])]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} files listed in {datalist_json} are missing (first: {missing[0]}); "
+                "restore them or delete the datalist to re-split."
+            )
+        return out
+    items = list_class_folder(dataset_dir, classes, exclude=exclude)
+    out = split_datalist(items, val_fraction, test_fraction, seed, group_pattern, group_size, shuffle_groups)
+    if datalist_json:
+        rel = {s: [{**it, "image": os.path.relpath(it["image"], root)} for it in out[s]] for s in SPLITS}
+        write_json_atomic({"classes": list(classes), "seed": seed, **rel}, datalist_json)
+    return out

@@ -1,0 +1,199 @@
+"""SupervisedTrainer for Reprogramming Distillation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.optim import Optimizer
+
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+
+from monai_rd.losses.rd import RDLoss
+
+__all__ = ["RDTrainer", "RD_OUTPUT_KEYS"]
+
+# loss terms RDTrainer puts in ``engine.state.output`` besides image/label/pred
+RD_OUTPUT_KEYS = ("loss", "ce_student", "ce_teacher", "kd", "cka", "alpha", "beta")
+
+
+class RDTrainer(SupervisedTrainer):
+    """Trains a student and the reprogramming module Phi against a frozen teacher.
+
+    Each iteration: teacher features without grad (or precomputed ones from the batch), ``z_T = Phi(features)``,
+    ``z_S = S(x)``, the shared classifier ``h`` on both, the :class:`~monai_rd.losses.RDLoss` terms, backward and
+    an optimizer step. ``engine.state.output`` holds ``pred`` (student logits) and ``label``, so MONAI metrics
+    and post-transforms work unchanged, plus ``loss``, ``ce_student``, ``ce_teacher``, ``kd``, ``cka``, ``alpha``
+    and ``beta``. With ``teacher=None`` and no precomputed features, the student is trained alone (CE only):
+    the baseline RD is compared against.
+
+    Args:
+        device: device to train on.
+        max_epochs: epochs to train.
+        train_data_loader: loader of dicts with ``image`` and ``label`` (and optionally teacher inputs/features).
+        network: the deployable student, with ``forward_features`` and ``classify`` (a
+            :class:`~monai_rd.networks.StudentClassifier`).
+        optimizer: optimizer over the student's and Phi's parameters.
+        loss_function: an :class:`~monai_rd.losses.RDLoss`.
+        teacher: the frozen teacher (a :class:`~monai_rd.networks.FrozenTeacher`), or None.
+        reprogrammer: Phi (a :class:`~monai_rd.networks.ReprogrammingNet`); required with a teacher.
+        teacher_input_key: batch key of a separate teacher input (e.g. a higher-resolution view); None feeds the
+            student's image to the teacher, which resizes it itself.
+        teacher_feature_key: batch key of precomputed teacher features (from a feature cache); when present in
+            a batch the teacher is not run.
+        grad_clip_norm: clip the global gradient norm to this value before each optimizer step.
+        kwargs: other :class:`monai.engines.SupervisedTrainer` arguments (``amp``, ``accumulation_steps``,
+            ``train_handlers``, ``key_train_metric``, ...).
+
+    Raises:
+        ValueError: the network lacks ``forward_features``/``classify``, a teacher is given without Phi, Phi's
+            parameters are not in the optimizer, or the loss is not an RDLoss.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: nn.Module,
+        optimizer: Optimizer,
+        loss_function: RDLoss,
+        teacher: nn.Module | None = None,
+        reprogrammer: nn.Module | None = None,
+        teacher_input_key: str | None = None,
+        teacher_feature_key: str = "teacher_features",
+        grad_clip_norm: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for attr in ("forward_features", "classify"):
+            if not callable(getattr(network, attr, None)):
+                raise ValueError(
+                    f"RDTrainer's network must have `{attr}` (use monai_rd.networks.StudentClassifier); "
+                    f"got {type(network).__name__}."
+                )
+        if not isinstance(loss_function, RDLoss):
+            raise ValueError(f"loss_function must be a monai_rd.losses.RDLoss, got {type(loss_function).__name__}.")
+        if teacher is not None and reprogrammer is None:
+            raise ValueError("a teacher needs a reprogrammer (Phi) to map its features; pass reprogrammer=.")
+        if reprogrammer is not None:
+            in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            missing = [n for n, p in reprogrammer.named_parameters() if p.requires_grad and id(p) not in in_opt]
+            if missing:
+                raise ValueError(
+                    f"the optimizer does not hold the reprogrammer's parameters ({missing[:3]}...); build it over "
+                    "list(network.parameters()) + list(reprogrammer.parameters())."
+                )
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            **kwargs,
+        )
+        self.teacher = teacher.to(device) if teacher is not None else None
+        self.reprogrammer = reprogrammer.to(device) if reprogrammer is not None else None
+        self.teacher_input_key = teacher_input_key
+        self.teacher_feature_key = teacher_feature_key
+        self.grad_clip_norm = grad_clip_norm
+
+    def teacher_features(self, batchdata: dict, inputs: torch.Tensor) -> torch.Tensor | None:
+        """Teacher features for a batch, without grad.
+
+        Args:
+            batchdata: the raw batch dict.
+            inputs: the student's inputs already on the device.
+
+        Returns:
+            (B, C_T, *spatial) or (B, C_T) features on the device, or None when training the student alone.
+        """
+        if isinstance(batchdata, dict) and self.teacher_feature_key in batchdata:
+            feats = batchdata[self.teacher_feature_key]
+            return torch.as_tensor(feats).to(self.state.device, non_blocking=self.non_blocking).float()
+        if self.teacher is None:
+            return None
+        x = inputs
+        if self.teacher_input_key is not None:
+            if self.teacher_input_key not in batchdata:
+                raise KeyError(f"teacher_input_key {self.teacher_input_key!r} is not in the batch ({list(batchdata)}).")
+            x = torch.as_tensor(batchdata[self.teacher_input_key]).to(self.state.device, non_blocking=self.non_blocking)
+        with torch.no_grad():
+            return self.teacher(x).detach()
+
+    def _accumulation_flags(self, engine: RDTrainer) -> tuple[bool, bool]:
+        acc = engine.accumulation_steps
+        if acc == 1:
+            return True, True
+        epoch_length = engine.state.epoch_length
+        if epoch_length is not None:
+            local_iter = (engine.state.iteration - 1) % epoch_length
+            return local_iter % acc == 0, (local_iter + 1) % acc == 0 or (local_iter + 1) == epoch_length
+        local_iter = engine.state.iteration - 1
+        return local_iter % acc == 0, (local_iter + 1) % acc == 0
+
+    def _trainable_parameters(self) -> Sequence[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+    def _iteration(self, engine: RDTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        feats_t = engine.teacher_features(batchdata, inputs)
+        if feats_t is not None and engine.reprogrammer is None:
+            raise ValueError("the batch carries teacher features but the trainer has no reprogrammer (Phi).")
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        loss_fn: RDLoss = engine.loss_function  # type: ignore[assignment]
+
+        def _compute() -> None:
+            z_s = engine.network.forward_features(inputs)
+            logits_s = engine.network.classify(z_s)
+            z_t = logits_t = None
+            if feats_t is not None:
+                z_t = engine.reprogrammer(feats_t)  # type: ignore[misc]
+                logits_t = engine.network.classify(z_t)
+            engine.state.output[Keys.PRED] = logits_s
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            terms = loss_fn(logits_s, targets, logits_t, z_s, z_t)
+            engine.state.output.update(terms)
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        should_zero_grad, should_step = engine._accumulation_flags(engine)
+        acc = engine.accumulation_steps
+        engine.network.train()
+        if engine.reprogrammer is not None:
+            engine.reprogrammer.train()
+        if should_zero_grad:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+
+        use_scaler = engine.amp and engine.scaler is not None
+        if use_scaler:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                _compute()
+        else:
+            _compute()
+        loss = engine.state.output[Keys.LOSS]
+        scaled = loss / acc if acc > 1 else loss
+        (engine.scaler.scale(scaled) if use_scaler else scaled).backward()  # type: ignore[union-attr]
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if should_step:
+            if engine.grad_clip_norm is not None:
+                if use_scaler:
+                    engine.scaler.unscale_(engine.optimizer)  # type: ignore[union-attr]
+                torch.nn.utils.clip_grad_norm_(engine._trainable_parameters(), engine.grad_clip_norm)
+            if use_scaler:
+                engine.scaler.step(engine.optimizer)  # type: ignore[union-attr]
+                engine.scaler.update()  # type: ignore[union-attr]
+            else:
+                engine.optimizer.step()
+        engine.state.output["alpha"] = torch.tensor(loss_fn.alpha)
+        engine.state.output["beta"] = torch.tensor(loss_fn.beta)
+        for k in RD_OUTPUT_KEYS[:5]:
+            engine.state.output[k] = engine.state.output[k].detach()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

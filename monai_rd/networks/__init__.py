@@ -1,0 +1,19 @@
+"""Networks of Reprogramming Distillation: the frozen teacher, Phi and the deployable student."""
+
+from monai_rd.networks.frozen_teacher import FrozenTeacher, tokens_to_map
+from monai_rd.networks.reprogramming import ReprogrammingNet, ResidualMLPBlock
+from monai_rd.networks.student import StudentClassifier, create_backbone, list_students
+from monai_rd.networks.teachers import create_teacher, efficientnet_lite0_teacher, list_teachers
+
+__all__ = [
+    "FrozenTeacher",
+    "ReprogrammingNet",
+    "ResidualMLPBlock",
+    "StudentClassifier",
+    "create_backbone",
+    "create_teacher",
+    "efficientnet_lite0_teacher",
+    "list_students",
+    "list_teachers",
+    "tokens_to_map",
+]

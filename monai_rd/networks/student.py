@@ -1,0 +1,192 @@
+"""The deployable student: a backbone returning pooled features plus the shared linear classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+__all__ = ["StudentClassifier", "create_backbone", "list_students"]
+
+
+def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
+    """Change the first convolution to ``in_channels`` inputs, summing (or tiling) its RGB weights."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            if module.in_channels == in_channels:
+                return
+            w = module.weight.detach()
+            if in_channels == 1:
+                new_w = w.sum(dim=1, keepdim=True)
+            else:
+                reps = -(-in_channels // w.shape[1])
+                new_w = w.repeat(1, reps, *([1] * (w.ndim - 2)))[:, :in_channels] * (w.shape[1] / in_channels)
+            conv = type(module)(
+                in_channels,
+                module.out_channels,
+                module.kernel_size,  # type: ignore[arg-type]
+                module.stride,  # type: ignore[arg-type]
+                module.padding,  # type: ignore[arg-type]
+                module.dilation,  # type: ignore[arg-type]
+                module.groups,
+                module.bias is not None,
+            )
+            conv.weight.data.copy_(new_w)
+            if module.bias is not None:
+                conv.bias.data.copy_(module.bias.detach())  # type: ignore[union-attr]
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            setattr(parent, name.rsplit(".", 1)[-1], conv)
+            return
+    raise ValueError("no convolution found to adapt to the input channels.")
+
+
+def _torchvision(arch: str, head_attr: str) -> Callable[..., tuple[nn.Module, int]]:
+    def build(pretrained: bool = False, in_channels: int = 3, **kwargs) -> tuple[nn.Module, int]:
+        import torchvision
+
+        weights = "DEFAULT" if pretrained else None
+        model = getattr(torchvision.models, arch)(weights=weights, **kwargs)
+        head = getattr(model, head_attr)
+        linear = head[-1] if isinstance(head, nn.Sequential) else head
+        num_features = linear.in_features
+        setattr(model, head_attr, nn.Identity())
+        if in_channels != 3:
+            _adapt_first_conv(model, in_channels)
+        return model, num_features
+
+    return build
+
+
+# the paper's three students, by the names users know them by
+_STUDENTS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
+    "resnet18": _torchvision("resnet18", "fc"),
+    "resnet34": _torchvision("resnet34", "fc"),
+    "resnet50": _torchvision("resnet50", "fc"),
+    "mobilenetv2": _torchvision("mobilenet_v2", "classifier"),
+    "mobilenet_v2": _torchvision("mobilenet_v2", "classifier"),
+    "mobilenetv3_small": _torchvision("mobilenet_v3_small", "classifier"),
+    "shufflenetv2": _torchvision("shufflenet_v2_x1_0", "fc"),
+    "shufflenet_v2_x1_0": _torchvision("shufflenet_v2_x1_0", "fc"),
+    "shufflenet_v2_x0_5": _torchvision("shufflenet_v2_x0_5", "fc"),
+}
+
+
+def list_students() -> list[str]:
+    """Names accepted by :func:`create_backbone` (besides ``timm:``, ``torchvision:`` and ``monai:`` prefixes)."""
+    return sorted(_STUDENTS)
+
+
+def create_backbone(
+    name: str, pretrained: bool = False, in_channels: int = 3, spatial_dims: int = 2, **kwargs
+) -> tuple[nn.Module, int]:
+    """Build a feature backbone by name.
+
+    Names: ``resnet18``, ``mobilenetv2``, ``shufflenetv2`` and the others in :func:`list_students`
+    (torchvision); ``timm:<model>`` (any timm model, built with ``num_classes=0``); ``torchvision:<model>``;
+    ``monai:resnet18`` etc. (MONAI's ResNets without their fc layer, 2D or 3D).
+
+    Args:
+        name: the backbone's name.
+        pretrained: load the library's ImageNet weights (downloads unless cached).
+        in_channels: input channels; the first convolution is adapted when it differs from 3.
+        spatial_dims: 2 or 3, used by ``monai:`` backbones.
+        kwargs: passed to the library's constructor.
+
+    Returns:
+        ``(backbone, num_features)``: the module returns pooled features (B, num_features).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name in _STUDENTS:
+        return _STUDENTS[name](pretrained=pretrained, in_channels=in_channels, **kwargs)
+    prefix, _, arch = name.partition(":")
+    if prefix == "timm" and arch:
+        import timm
+
+        model = timm.create_model(arch, pretrained=pretrained, num_classes=0, in_chans=in_channels, **kwargs)
+        return model, int(model.num_features)
+    if prefix == "torchvision" and arch:
+        import torchvision
+
+        probe = getattr(torchvision.models, arch)(weights=None)
+        head_attr = "fc" if hasattr(probe, "fc") else "classifier" if hasattr(probe, "classifier") else "heads"
+        return _torchvision(arch, head_attr)(pretrained=pretrained, in_channels=in_channels, **kwargs)
+    if prefix == "monai" and arch:
+        from monai.networks.nets import resnet
+
+        if not arch.startswith("resnet") or not hasattr(resnet, arch):
+            raise ValueError(f"unknown MONAI backbone {arch!r}; use one of resnet10/18/34/50/101/152/200.")
+        model = getattr(resnet, arch)(
+            pretrained=False, spatial_dims=spatial_dims, n_input_channels=in_channels, feed_forward=False, **kwargs
+        )
+        return model, int(model.in_planes)
+    raise ValueError(
+        f"unknown student {name!r}: use one of {list_students()}, or 'timm:<name>', 'torchvision:<name>', "
+        "'monai:<resnet>'."
+    )
+
+
+class StudentClassifier(nn.Module):
+    """Student backbone S plus the shared linear classifier h: the model RD deploys.
+
+    ``forward`` returns logits; ``forward_features`` returns the pooled student features z_S that RD aligns
+    with the reprogrammed teacher features, and ``head`` is the classifier shared by both branches.
+
+    Args:
+        backbone: a name for :func:`create_backbone`, or an ``nn.Module`` returning (B, num_features).
+        num_classes: outputs of the shared classifier.
+        num_features: feature width of a module backbone (found from the name otherwise).
+        pretrained: ImageNet weights for a named backbone.
+        in_channels: input channels of the deployed model.
+        spatial_dims: 2 or 3 (for ``monai:`` backbones).
+        dropout: dropout before the classifier.
+
+    Raises:
+        ValueError: a module backbone without ``num_features``.
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module,
+        num_classes: int,
+        num_features: int | None = None,
+        pretrained: bool = False,
+        in_channels: int = 3,
+        spatial_dims: int = 2,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(backbone, str):
+            self.backbone_name = backbone
+            backbone, num_features = create_backbone(backbone, pretrained, in_channels, spatial_dims)
+        else:
+            self.backbone_name = type(backbone).__name__
+            if num_features is None:
+                num_features = getattr(backbone, "num_features", None)
+            if num_features is None:
+                raise ValueError("pass num_features for a module backbone that has no `num_features` attribute.")
+        self.backbone = backbone
+        self.num_features = int(num_features)
+        self.num_classes = num_classes
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled student features z_S, (B, num_features)."""
+        return torch.flatten(self.backbone(x), 1)
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """Shared classifier h on features of either branch: (B, num_features) -> (B, num_classes)."""
+        return self.head(self.dropout(z))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: images (B, in_channels, *spatial).
+
+        Returns:
+            Logits (B, num_classes).
+        """
+        return self.classify(self.forward_features(x))

