@@ -14,6 +14,7 @@ import numpy as np
 __all__ = [
     "IMAGE_EXTENSIONS",
     "list_class_folder",
+    "list_images",
     "split_datalist",
     "make_class_folder_datalist",
     "write_json_atomic",
@@ -79,6 +80,33 @@ def list_class_folder(
             raise ValueError(f"class folder {folder!r} holds no image with extension {tuple(extensions)}.")
         items += [{"image": os.path.abspath(os.path.join(folder, f)), "label": label} for f in files]
     return items
+
+
+def list_images(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True) -> list[dict]:
+    """All images under ``folder`` as ``{"image": path}`` items, sorted (an inference datalist).
+
+    Args:
+        folder: folder to search.
+        extensions: accepted file name endings (case-insensitive).
+        recursive: search sub-folders too.
+
+    Returns:
+        Items with absolute paths.
+
+    Raises:
+        FileNotFoundError: ``folder`` is missing or holds no image (names it and the extensions).
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"input folder {folder!r} does not exist; pass --input_dir <folder of images>.")
+    exts = tuple(e.lower() for e in extensions)
+    found = []
+    for root, _, files in os.walk(folder):
+        found += [os.path.abspath(os.path.join(root, f)) for f in files if f.lower().endswith(exts)]
+        if not recursive:
+            break
+    if not found:
+        raise FileNotFoundError(f"no image with extension {tuple(extensions)} under {folder!r}.")
+    return [{"image": p} for p in sorted(found)]
 
 
 def _group_key(path: str, pattern: str, group_size: int) -> str:

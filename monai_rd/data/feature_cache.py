@@ -202,7 +202,7 @@ class TeacherFeatureCache:
             RuntimeError: an image fails in the transform or the teacher (the error names its path).
         """
         was_training = self.teacher.training
-        self.teacher.eval()
+        self.teacher.to(self.device).eval()
         todo: list[tuple[int, dict, str]] = []
         for index, item in enumerate(data):
             path = _source_path(item[self.image_key])

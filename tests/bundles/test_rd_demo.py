@@ -109,4 +109,4 @@ def test_resume_continues_from_the_final_checkpoint(tiny):
     val = json.load(open(tmp / "eval" / "val_metrics.json"))
     assert [h["epoch"] for h in val["history"]] == [3]  # epochs 1-2 came from the checkpoint
     ckpt = torch.load(tmp / "models" / "checkpoint_final.pt", weights_only=False)
-    assert ckpt["trainer"]["epoch"] == 3
+    assert ckpt["trainer"]["iteration"] == 3 * ckpt["trainer"]["epoch_length"]

@@ -1,0 +1,560 @@
+#!/usr/bin/env python
+"""Training cost of Reprogramming Distillation versus the student alone, and deployed inference latency.
+
+In one process and one run, on the same data, batch size, DataLoader settings and number of iterations,
+this times one training epoch of:
+
+* ``student_alone`` (a): the bundle with ``distill=false``: the student trained alone (CE only);
+* ``rd_live`` (b): RD with the teacher run on every batch (``cache_teacher=false``);
+* ``rd_cached`` (c): RD with the teacher-feature cache (the bundle's default); the cache's one-off build
+  time is reported separately.
+
+Every component (student, Φ, teacher, loss, optimizer, datalist, train preprocessing, DataLoader, feature
+cache, and the ``RDTrainer`` itself) is built from the bundle's ``train.json`` with ``monai.bundle.ConfigParser``,
+so the benchmark measures what users get; only the trainer's handlers (validation, checkpointing, logging,
+plots, the LR/α/β schedules) are dropped, as they are not part of a training step. Modes are interleaved
+(a b c, then c b a, ...) after a warm-up round, and the median epoch of each mode is reported, so drift
+on a shared machine affects all modes alike.
+
+Then the deployed student (eager and TorchScript) and the teacher are timed at batch 1 and 32, and their
+parameter counts are reported (the paper's Table 6).
+
+Usage (from the repository root)::
+
+    python benchmarks/bench_speed.py --json benchmarks/results/cpu-2core.json
+    python benchmarks/bench_speed.py --device cuda --json benchmarks/results/<machine>.json
+    python benchmarks/bench_speed.py --override image_size=32 --override batch_size=8 --max_iters 2 --epochs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO, "bundles", "rd_demo", "configs", "train.json")
+if REPO not in sys.path:  # run from a checkout without `pip install -e .`: the bundle imports monai_rd
+    sys.path.insert(1, REPO)
+
+# mode name -> bundle overrides that select it
+MODES: dict[str, dict[str, Any]] = {
+    "student_alone": {"distill": False},
+    "rd_live": {"distill": True, "cache_teacher": False},
+    "rd_cached": {"distill": True, "cache_teacher": True},
+}
+MODE_LABELS = {"student_alone": "(a) student alone", "rd_live": "(b) RD, live teacher", "rd_cached": "(c) RD, cached"}
+
+__all__ = ["main", "parse_args", "MODES"]
+
+
+# --------------------------------------------------------------------------------------------- arguments
+
+
+def _json_value(text: str) -> Any:
+    """A JSON value, or the raw string when it is not JSON (so ``student=mobilenetv2`` works)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--config_file", default=DEFAULT_CONFIG, help="bundle train.json (default: the demo bundle's)")
+    ap.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, VALUE parsed as JSON (else a string); repeatable, e.g. --override image_size=32",
+    )
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (or cuda:N)")
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs per mode (default 2)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up epochs per mode (default 1)")
+    ap.add_argument("--max_iters", type=int, default=None, help="cap on iterations per epoch (default: the full epoch)")
+    ap.add_argument("--latency_repeats", type=int, default=10, help="timed repeats per latency measurement")
+    ap.add_argument(
+        "--latency_budget_s",
+        type=float,
+        default=4.0,
+        help="stop a latency measurement early once it has taken this long (at least 3 repeats)",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON here")
+    args = ap.parse_args(argv)
+    overrides = {}
+    for item in args.override:
+        if "=" not in item:
+            ap.error(f"--override expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = _json_value(value)
+    args.overrides = overrides
+    if args.epochs < 1 or args.warmup < 0:
+        ap.error("--epochs must be >= 1 and --warmup >= 0")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    import monai
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_num_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "device": str(device),
+        "device_name": _cpu_model(),
+    }
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    if hasattr(os, "getloadavg"):
+        info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def _rss_reader() -> Callable[[], int]:
+    try:
+        import psutil
+
+        proc = psutil.Process()
+        return lambda: int(proc.memory_info().rss)
+    except ImportError:
+        page = os.sysconf("SC_PAGE_SIZE")
+
+        def read() -> int:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * page
+
+        return read
+
+
+def _malloc_trim() -> None:
+    """Return freed heap memory to the OS (glibc), so that an epoch's RSS growth is not hidden by the last one's."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory above the level at ``start()``: CUDA allocator bytes, or CPU RSS sampled by a thread."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.005) -> None:
+        self.device = device
+        self.interval_s = interval_s
+        self.read_rss = _rss_reader()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.base = 0
+        self.peak = 0
+
+    @property
+    def method(self) -> str:
+        if self.device.type == "cuda":
+            return (
+                "CUDA: torch.cuda.max_memory_allocated() minus memory_allocated() at the epoch's start (peak stats "
+                "reset per epoch): the training step's working set above the models and optimizer state already "
+                "resident; max over the mode's timed epochs"
+            )
+        src = "psutil RSS" if "psutil" in sys.modules else "/proc/self/statm RSS"
+        return (
+            f"CPU: peak process RSS ({src}, sampled every {self.interval_s * 1e3:.0f} ms by a background thread) minus "
+            "the RSS at the epoch's start (after gc.collect and glibc malloc_trim); max over the mode's timed epochs. "
+            "It counts everything the epoch allocates (activations, gradients, batches, allocator growth) above "
+            "what is already resident"
+        )
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self.read_rss())
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return
+        _malloc_trim()
+        self.base = self.peak = self.read_rss()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int:
+        """Bytes of peak growth since ``start()``."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device) - self.base)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self.read_rss())
+        return int(self.peak - self.base)
+
+
+# ------------------------------------------------------------------------------------------------- setup
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_parser(config_file: str, overrides: dict[str, Any], mode: dict[str, Any], device: torch.device):
+    """The bundle's config with the device, the mode and the user's overrides applied."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_file)
+    parser["bundle_root"] = os.path.dirname(os.path.dirname(os.path.abspath(config_file)))
+    parser["device"] = f"$torch.device({str(device)!r})"
+    if device.type != "cuda":
+        parser["amp"] = False  # the bundle's amp is "CUDA available"; autocast is CUDA-only in RDTrainer
+    for key, value in overrides.items():
+        parser[key] = value
+    for key, value in mode.items():
+        parser[key] = value
+    # not part of a training step: validation, checkpointing, logging, plots and the LR/alpha/beta schedules
+    parser["train#handlers"] = []
+    if "train#dataset#progress" not in parser:
+        parser["train#dataset#progress"] = False
+    return parser
+
+
+class ModeRun:
+    """One mode's trainer built from the bundle, run one epoch at a time."""
+
+    def __init__(self, name: str, parser, device: torch.device, max_iters: int | None) -> None:
+        self.name = name
+        self.parser = parser
+        self.device = device
+        self.trainer = parser.get_parsed_content("train#trainer")
+        n = len(self.trainer.data_loader)
+        self.iters = min(n, max_iters) if max_iters else n
+        if self.iters < 1:
+            raise ValueError(f"mode {name}: the training DataLoader is empty (batch size larger than the split?).")
+        self.seconds: list[float] = []
+        self.peak_bytes: list[int] = []
+
+    def run_epoch(self, memory: PeakMemory | None = None) -> tuple[float, int | None]:
+        from ignite.engine import Engine
+
+        if memory is not None:
+            memory.start()
+        _sync(self.device)
+        t0 = time.perf_counter()
+        # a fresh one-epoch run each call; Engine.run directly (not Workflow.run) so that epoch_length applies
+        self.trainer.state.max_epochs = None
+        Engine.run(self.trainer, data=self.trainer.data_loader, max_epochs=1, epoch_length=self.iters)
+        _sync(self.device)
+        dt = time.perf_counter() - t0
+        peak = memory.stop() if memory is not None else None
+        return dt, peak
+
+
+# --------------------------------------------------------------------------------------------- inference
+
+
+def _latency_ms(fn: Callable[[], Any], device: torch.device, repeats: int, budget_s: float, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in milliseconds."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        times = []
+        start = time.perf_counter()
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            if i >= 2 and time.perf_counter() - start > budget_s:
+                break
+    return statistics.median(times) * 1e3
+
+
+def _n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def inference_benchmark(parser, device: torch.device, repeats: int, budget_s: float) -> tuple[dict, dict]:
+    """Latency of the deployed student (eager, TorchScript) and the teacher; parameter counts."""
+    network = parser.get_parsed_content("network").eval()
+    teacher = parser.get_parsed_content("teacher").to(device).eval()
+    phi = parser.get_parsed_content("reprogrammer").eval()
+    size = int(parser.get_parsed_content("image_size"))
+    in_ch = int(parser.get_parsed_content("in_channels"))
+
+    scripted = torch.jit.script(network)
+    torch.manual_seed(0)
+    x_check = torch.rand(4, in_ch, size, size, device=device)
+    with torch.no_grad():
+        ref = network(x_check)
+        got = scripted(x_check)
+    max_diff = float((ref - got).abs().max())
+    matches = bool(torch.allclose(ref, got, rtol=1e-4, atol=1e-5))
+
+    latency: dict[str, dict[str, float]] = {"student_eager": {}, "student_torchscript": {}, "teacher": {}, "teacher_phi_head": {}}
+    for batch in (1, 32):
+        x = torch.rand(batch, in_ch, size, size, device=device)
+        latency["student_eager"][str(batch)] = _latency_ms(lambda: network(x), device, repeats, budget_s)
+        latency["student_torchscript"][str(batch)] = _latency_ms(lambda: scripted(x), device, repeats, budget_s)
+        latency["teacher"][str(batch)] = _latency_ms(lambda: teacher(x), device, repeats, budget_s)
+        latency["teacher_phi_head"][str(batch)] = _latency_ms(
+            lambda: network.classify(phi(teacher(x))), device, repeats, budget_s
+        )
+    for b in ("1", "32"):
+        latency.setdefault("teacher_over_student", {})[b] = latency["teacher"][b] / latency["student_eager"][b]
+
+    inference = {
+        "input": f"(B, {in_ch}, {size}, {size}) random images in [0, 1]; the teacher resizes to its own input size",
+        "unit": "ms per batch, median",
+        "latency_ms": latency,
+        "torchscript_max_abs_diff": max_diff,
+        "torchscript_matches_eager": matches,
+    }
+    n_student, n_head = _n_params(network), _n_params(network.head)
+    n_teacher, n_phi = _n_params(teacher), _n_params(phi)
+    params = {
+        "student_with_head": n_student,
+        "student_backbone": n_student - n_head,
+        "head": n_head,
+        "reprogrammer": n_phi,
+        "teacher": n_teacher,
+        "teacher_over_student": n_teacher / n_student,
+        "student_name": getattr(network, "backbone_name", type(network).__name__),
+        "teacher_name": getattr(teacher, "name", type(teacher).__name__),
+    }
+    return inference, params
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _config_summary(parser, config_file: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    def get(key: str) -> Any:
+        return parser.get(key) if key in parser else None
+
+    phi = parser.get_parsed_content("reprogrammer")
+    width = None
+    proj = getattr(phi, "proj", None)
+    if proj is not None and len(proj) and hasattr(proj[0], "out_channels"):
+        width = int(proj[0].out_channels)
+    train_cfg = parser.get("train#trainer")
+    return {
+        "config_file": os.path.relpath(os.path.abspath(config_file), REPO),
+        "overrides": overrides,
+        "student": get("student"),
+        "image_size": get("image_size"),
+        "batch_size": get("batch_size"),
+        "num_workers": get("num_workers"),
+        "amp": bool(parser.get_parsed_content("amp")),
+        "grad_clip_norm": get("grad_clip_norm"),
+        "teacher": get("teacher"),
+        "teacher_input_size": list(getattr(parser.get_parsed_content("teacher"), "input_size", None) or []),
+        "network_def": get("network_def"),
+        "reprogrammer_def": get("reprogrammer_def"),
+        "reprogrammer_resolved": {
+            "phi_blocks": get("phi_blocks"),
+            "phi_block": get("phi_block"),
+            "phi_hidden": get("phi_hidden"),
+            "width": width,
+            "in_channels": int(phi.in_channels),
+            "out_features": int(phi.out_features),
+        },
+        "optimizer": get("optimizer#_target_"),
+        "cache_views": get("cache_views"),
+        "cache_dtype": get("cache_dtype"),
+        "trainer": train_cfg.get("_target_") if isinstance(train_cfg, dict) else None,
+    }
+
+
+def _fmt_table(result: dict[str, Any]) -> str:
+    t = result["timing"]
+    lines = [
+        f"Training, {t['iters_per_epoch']} iterations x batch {t['batch_size']} per epoch, "
+        f"median of {t['timed_epochs']} timed epochs after {t['warmup_epochs']} warm-up, device {result['machine']['device']}",
+        f"{'mode':<24}{'s/epoch':>10}{'x alone':>10}{'peak MB':>10}   epochs (s)",
+    ]
+    for mode in MODES:
+        sec = result["seconds_per_epoch"][mode]
+        ratio = sec / result["seconds_per_epoch"]["student_alone"]
+        mem = result["peak_memory_mb"][mode]
+        eps = ", ".join(f"{s:.2f}" for s in t["epoch_seconds"][mode])
+        lines.append(f"{MODE_LABELS[mode]:<24}{sec:>10.2f}{ratio:>10.3f}{mem:>10.1f}   {eps}")
+    c = result["cache"]
+    lines.append(
+        f"ratio_live (b/a) = {result['ratio_live']:.3f}   ratio_cached (c/a) = {result['ratio_cached']:.3f}   "
+        f"cache build (one-off) = {c['build_seconds']:.2f} s, {c['items']} items, {c['nbytes'] / 2**20:.1f} MB"
+    )
+    inf = result["inference"]["latency_ms"]
+    lines += ["", f"Inference latency (ms per batch, median)   {'batch 1':>10}{'batch 32':>10}"]
+    names = {
+        "student_eager": "student (eager)",
+        "student_torchscript": "student (TorchScript)",
+        "teacher": "teacher",
+        "teacher_phi_head": "teacher + Phi + head",
+    }
+    for key, label in names.items():
+        lines.append(f"{label:<43}{inf[key]['1']:>10.2f}{inf[key]['32']:>10.2f}")
+    p = result["params"]
+    lines += [
+        f"TorchScript == eager: {result['inference']['torchscript_matches_eager']} "
+        f"(max |diff| {result['inference']['torchscript_max_abs_diff']:.2e})",
+        "",
+        f"Parameters: student+head ({p['student_name']}) {p['student_with_head'] / 1e6:.2f} M, "
+        f"teacher ({p['teacher_name']}) {p['teacher'] / 1e6:.2f} M ({p['teacher_over_student']:.2f}x), "
+        f"Phi {p['reprogrammer'] / 1e6:.2f} M (training only)",
+    ]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns the result dict (and writes it with ``--json``)."""
+    from monai.utils import set_determinism
+
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda given but CUDA is not available.")
+    machine = machine_info(device)
+
+    runs: dict[str, ModeRun] = {}
+    cache_info: dict[str, Any] = {}
+    for name, mode in MODES.items():
+        parser = make_parser(args.config_file, args.overrides, mode, device)
+        seed = parser.get_parsed_content("seed") if "seed" in parser else 0
+        set_determinism(seed=seed)  # as the bundle's `initialize` does
+        if name == "rd_cached":
+            cache = parser.get_parsed_content("feature_cache")
+            train_items = parser.get_parsed_content("datalist")["training"]
+            _sync(device)
+            t0 = time.perf_counter()
+            cache.build(train_items)
+            _sync(device)
+            cache_info = {
+                "build_seconds": time.perf_counter() - t0,
+                "items": len(cache.features),
+                "views": cache.views,
+                "dtype": str(cache.dtype),
+                "nbytes": int(cache.nbytes),
+                "mb": cache.nbytes / 2**20,
+                "note": "one-off: computed once before training (and reusable across runs with cache_dir)",
+            }
+        t0 = time.perf_counter()
+        runs[name] = ModeRun(name, parser, device, args.max_iters)
+        extra = f", cache build {cache_info['build_seconds']:.1f} s" if name == "rd_cached" else ""
+        print(f"[bench] built {name} from the bundle in {time.perf_counter() - t0:.1f} s{extra}", flush=True)
+    iters = {r.iters for r in runs.values()}
+    batch_sizes = {int(r.parser.get_parsed_content("batch_size")) for r in runs.values()}
+    if len(iters) != 1 or len(batch_sizes) != 1:
+        raise RuntimeError(f"modes differ in iterations {iters} or batch size {batch_sizes}; they must match.")
+
+    memory = PeakMemory(device)
+    order: list[str] = []
+    names = list(MODES)
+    for rnd in range(args.warmup + args.epochs):
+        timed = rnd >= args.warmup
+        for name in names if rnd % 2 == 0 else names[::-1]:  # a b c, c b a, ...: linear drift hits all alike
+            dt, peak = runs[name].run_epoch(memory if timed else None)
+            tag = "timed" if timed else "warm-up"
+            print(f"[bench] round {rnd} {tag:>7} {name:<14} {dt:8.2f} s", flush=True)
+            if timed:
+                runs[name].seconds.append(dt)
+                runs[name].peak_bytes.append(int(peak or 0))
+                order.append(name)
+
+    sec = {name: statistics.median(r.seconds) for name, r in runs.items()}
+    parser_c = runs["rd_cached"].parser
+    inference, params = inference_benchmark(parser_c, device, args.latency_repeats, args.latency_budget_s)
+
+    if hasattr(os, "getloadavg"):
+        machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result: dict[str, Any] = {
+        "benchmark": "benchmarks/bench_speed.py",
+        "command": "python benchmarks/bench_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine,
+        "config": _config_summary(parser_c, args.config_file, args.overrides),
+        "modes": {name: {"label": MODE_LABELS[name], "bundle_overrides": MODES[name]} for name in MODES},
+        "timing": {
+            "warmup_epochs": args.warmup,
+            "timed_epochs": args.epochs,
+            "iters_per_epoch": iters.pop(),
+            "batch_size": batch_sizes.pop(),
+            "max_iters": args.max_iters,
+            "timed_order": order,
+            "epoch_seconds": {name: r.seconds for name, r in runs.items()},
+            "statistic": "median over the timed epochs",
+        },
+        "seconds_per_epoch": sec,
+        "ratio_live": sec["rd_live"] / sec["student_alone"],
+        "ratio_cached": sec["rd_cached"] / sec["student_alone"],
+        "cache": cache_info,
+        "peak_memory_mb": {name: max(r.peak_bytes) / 2**20 for name, r in runs.items()},
+        "peak_memory_method": memory.method,
+        "cache_memory_mb": cache_info["mb"],
+        "inference": inference,
+        "params": params,
+    }
+    if device.type == "cuda":
+        result["cuda_max_memory_allocated_total_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    result["total_seconds"] = time.perf_counter() - t_start
+
+    print()
+    print(_fmt_table(result))
+    print(f"\ntotal {result['total_seconds']:.0f} s")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
