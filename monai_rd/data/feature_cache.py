@@ -277,7 +277,9 @@ class TeacherFeatureCache:
             view: view index in [0, views).
 
         Returns:
-            ``(features (C_T, *spatial) float32, view image (C, *spatial) or None)``.
+            ``(features (C_T, *spatial) in the storage dtype, view image (C, *spatial) or None)``; features stay
+            in the storage dtype so batches cross the data loader at that size (the trainer casts them to
+            float32 on its device).
 
         Raises:
             KeyError: the image was not cached (names it and says to call ``build``).
@@ -288,7 +290,7 @@ class TeacherFeatureCache:
                 "(or train with the live teacher)."
             )
         img = self.view_images[path][view] if self.views > 1 else None
-        return self.features[path][view].float(), img
+        return self.features[path][view], img
 
 
 class CachedTeacherFeaturesd(Randomizable, MapTransform):

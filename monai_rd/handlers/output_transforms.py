@@ -14,9 +14,10 @@ __all__ = ["loss_terms_from_engine", "stacked_from_engine"]
 
 
 def _plain(x: Any) -> torch.Tensor:
-    # metrics hold plain tensors: MetaTensor would carry metadata into the metrics JSON
+    # metrics hold plain CPU tensors: MetaTensor would carry metadata into the metrics JSON, and ignite metrics
+    # keep their state on the CPU, so pred and label must meet there whatever device the engine ran on
     t = torch.as_tensor(x)
-    return t.as_tensor() if isinstance(t, MetaTensor) else t
+    return (t.as_tensor() if isinstance(t, MetaTensor) else t).detach().cpu()
 
 
 def loss_terms_from_engine(keys: Sequence[str]) -> Callable[[Any], dict[str, float]]:

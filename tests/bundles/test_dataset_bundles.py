@@ -67,6 +67,24 @@ def _train_and_evaluate(bundle, overrides, tmp):
     return val, test
 
 
+def _infer(bundle, tmp, input_dir, n_out, softmax=True):
+    """Run inference.json with the trained model.pt on a folder; returns the (N, n_out) probabilities."""
+    monai.bundle.run(
+        config_file=os.path.join(REPO, "bundles", bundle, "configs", "inference.json"),
+        bundle_root=os.path.join(REPO, "bundles", bundle),
+        ckpt_dir=str(tmp / "models"),
+        output_dir=str(tmp / "infer"),
+        input_dir=str(input_dir),
+        image_size=32,
+    )
+    rows = list(csv.reader(open(tmp / "infer" / "predictions.csv")))
+    probs = torch.tensor([[float(v) for v in r[1:]] for r in rows])
+    assert probs.shape[1] == n_out and ((probs >= 0) & (probs <= 1)).all()
+    if softmax:
+        torch.testing.assert_close(probs.sum(1), torch.ones(len(rows)), atol=1e-4, rtol=0)
+    return probs
+
+
 def _check_single_label(val, test, n_classes, n_val, n_test):
     assert val["key_metric"] == "accuracy"
     assert 0.0 <= val["final"]["accuracy"] <= 1.0
@@ -101,6 +119,7 @@ def test_isic2018_bundle(tmp_path):
     val, test = _train_and_evaluate("rd_isic2018", _overrides("rd_isic2018", root, tmp_path), tmp_path)
     _check_single_label(val, test, 7, n_val=7, n_test=7)
     assert val["class_names"] == list(ISIC2018_CLASSES)
+    assert len(_infer("rd_isic2018", tmp_path, root / "ISIC2018_Task3_Test_Input", 7)) == 7  # RGB JPEGs
 
 
 def test_covid_ct_bundle(tmp_path):
@@ -183,3 +202,5 @@ def test_chestxray_bundle_is_multi_label_with_mean_auc(tmp_path):
         assert len(metrics["final"]["auc_per_finding"]) == 14
         assert "accuracy" not in metrics["final"] and "confusion_matrix" not in metrics["final"]
     assert val["class_names"] == list(CHESTXRAY14_FINDINGS)
+    probs = _infer("rd_chestxray", tmp_path, root / "images_002", 14, softmax=False)  # sigmoid per finding
+    assert len(probs) == 12

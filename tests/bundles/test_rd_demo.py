@@ -110,3 +110,14 @@ def test_resume_continues_from_the_final_checkpoint(tiny):
     assert [h["epoch"] for h in val["history"]] == [3]  # epochs 1-2 came from the checkpoint
     ckpt = torch.load(tmp / "models" / "checkpoint_final.pt", weights_only=False)
     assert ckpt["trainer"]["iteration"] == 3 * ckpt["trainer"]["epoch_length"]
+
+
+def test_student_alone_needs_no_teacher(tiny, tmp_path):
+    _, overrides, _ = tiny
+    # a teacher that cannot be built proves the baseline never builds one
+    run = {**overrides, "distill": False, "teacher_name": "no-such-teacher", "epochs": 1,
+           "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    monai.bundle.run(config_file=os.path.join(CONFIGS, "train.json"), **run)
+    ckpt = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=False)
+    assert "reprogrammer" not in ckpt and "network" in ckpt
+    assert json.load(open(tmp_path / "eval" / "val_metrics.json"))["distill"] is False
