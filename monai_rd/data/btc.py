@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
 
-from monai_rd.data.datalist import SPLITS, list_class_folder, split_datalist, write_json_atomic
+from monai_rd.data.datalist import list_class_folder, load_saved_datalist, save_datalist, split_datalist
 
 __all__ = ["BTC_CLASSES", "btc_datalist", "load_saved_datalist", "save_datalist"]
 
@@ -23,57 +21,6 @@ and pass --dataset_dir <the folder holding Training/ and Testing/>."""
 
 def _layout(root: str) -> str:
     return BTC_LAYOUT.format(root=root)
-
-
-def save_datalist(datalist: Mapping[str, list[dict]], datalist_json: str, dataset_dir: str, **meta) -> None:
-    """Write a datalist with image paths relative to ``dataset_dir`` plus ``meta`` fields (atomically).
-
-    Args:
-        datalist: ``{"training", "validation", "test"}`` lists with absolute image paths.
-        datalist_json: output file.
-        dataset_dir: the dataset root the paths are made relative to.
-        meta: recorded beside the splits (e.g. ``classes``, ``seed``); checked by :func:`load_saved_datalist`.
-    """
-    root = os.path.abspath(dataset_dir)
-    rel = {s: [{**it, "image": os.path.relpath(it["image"], root)} for it in datalist[s]] for s in SPLITS}
-    write_json_atomic({**meta, **rel}, datalist_json)
-
-
-def load_saved_datalist(datalist_json: str, dataset_dir: str, **expected) -> dict[str, list[dict]]:
-    """Read a datalist written by :func:`save_datalist`, checking it still fits the dataset.
-
-    Args:
-        datalist_json: the file.
-        dataset_dir: the dataset root its paths are relative to.
-        expected: fields that must equal the recorded ones (e.g. ``classes=[...]``, ``seed=0``).
-
-    Returns:
-        The splits with absolute image paths.
-
-    Raises:
-        ValueError: a recorded field differs from ``expected`` or a split is absent (delete the file to re-split).
-        FileNotFoundError: a listed image is missing (names its path).
-    """
-    with open(datalist_json) as f:
-        saved = json.load(f)
-    for key, value in expected.items():
-        value = list(value) if isinstance(value, tuple) else value
-        if saved.get(key) != value:
-            raise ValueError(
-                f"{datalist_json} was written with {key}={saved.get(key)!r}, not {value!r}; delete it to re-split."
-            )
-    absent = [s for s in SPLITS if s not in saved]
-    if absent:
-        raise ValueError(f"{datalist_json} lacks the split(s) {absent}; delete it to re-split.")
-    root = os.path.abspath(dataset_dir)
-    out = {s: [{**it, "image": os.path.join(root, it["image"])} for it in saved[s]] for s in SPLITS}
-    missing = [it["image"] for s in SPLITS for it in out[s] if not os.path.isfile(it["image"])]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} images listed in {datalist_json} are missing, first: {missing[0]}; restore them, or "
-            "delete the datalist to re-split."
-        )
-    return out
 
 
 def btc_datalist(

@@ -9,8 +9,7 @@ import warnings
 
 import numpy as np
 
-from monai_rd.data.btc import load_saved_datalist, save_datalist
-from monai_rd.data.covid_ct import read_split_file
+from monai_rd.data.datalist import load_saved_datalist, read_split_file, save_datalist
 
 __all__ = ["CHESTXRAY14_FINDINGS", "chestxray14_datalist", "parse_finding_labels"]
 

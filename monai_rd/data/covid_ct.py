@@ -4,9 +4,8 @@ official train/val/test split files."""
 from __future__ import annotations
 
 import os
-from collections import Counter
 
-from monai_rd.data.datalist import SPLITS, write_json_atomic
+from monai_rd.data.datalist import SPLITS, read_split_file, save_datalist
 
 __all__ = ["COVID_CT_CLASSES", "covid_ct_datalist", "read_split_file"]
 
@@ -28,28 +27,6 @@ and pass --dataset_dir <the COVID-CT folder>."""
 
 def _layout(root: str) -> str:
     return COVID_CT_LAYOUT.format(root=root)
-
-
-def read_split_file(path: str) -> list[str]:
-    """File names listed in a split file, one per line (surrounding white space and blank lines dropped).
-
-    Args:
-        path: the ``.txt`` split file.
-
-    Returns:
-        The names, in file order.
-
-    Raises:
-        ValueError: the file lists no name, or a name twice.
-    """
-    with open(path, encoding="utf-8-sig") as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
-        raise ValueError(f"split file {path} lists no image.")
-    dup = sorted(n for n, k in Counter(names).items() if k > 1)
-    if dup:
-        raise ValueError(f"split file {path} lists {dup[:3]} more than once.")
-    return names
 
 
 def covid_ct_datalist(dataset_dir: str, datalist_json: str | None = None, seed: int = 0) -> dict[str, list[dict]]:
@@ -108,6 +85,5 @@ def covid_ct_datalist(dataset_dir: str, datalist_json: str | None = None, seed: 
     for s in SPLITS:
         out[s].sort(key=lambda it: it["image"])
     if datalist_json:
-        rel = {s: [{**it, "image": os.path.relpath(it["image"], root)} for it in out[s]] for s in SPLITS}
-        write_json_atomic({"classes": list(COVID_CT_CLASSES), "seed": seed, "split": "official", **rel}, datalist_json)
+        save_datalist(out, datalist_json, root, classes=list(COVID_CT_CLASSES), seed=seed, split="official")
     return out

@@ -7,7 +7,8 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -15,8 +16,11 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "list_class_folder",
     "list_images",
-    "split_datalist",
+    "load_saved_datalist",
     "make_class_folder_datalist",
+    "read_split_file",
+    "save_datalist",
+    "split_datalist",
     "write_json_atomic",
 ]
 
@@ -36,6 +40,79 @@ def write_json_atomic(obj: object, path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_datalist(datalist: Mapping[str, list[dict]], datalist_json: str, dataset_dir: str, **meta) -> None:
+    """Write a datalist with image paths relative to ``dataset_dir`` plus ``meta`` fields (atomically).
+
+    Args:
+        datalist: ``{"training", "validation", "test"}`` lists with absolute image paths.
+        datalist_json: output file.
+        dataset_dir: the dataset root the paths are made relative to.
+        meta: recorded beside the splits (e.g. ``classes``, ``seed``); checked by :func:`load_saved_datalist`.
+    """
+    root = os.path.abspath(dataset_dir)
+    rel = {s: [{**it, "image": os.path.relpath(it["image"], root)} for it in datalist[s]] for s in SPLITS}
+    write_json_atomic({**meta, **rel}, datalist_json)
+
+
+def load_saved_datalist(datalist_json: str, dataset_dir: str, **expected) -> dict[str, list[dict]]:
+    """Read a datalist written by :func:`save_datalist`, checking it still fits the dataset.
+
+    Args:
+        datalist_json: the file.
+        dataset_dir: the dataset root its paths are relative to.
+        expected: fields that must equal the recorded ones (e.g. ``classes=[...]``, ``seed=0``).
+
+    Returns:
+        The splits with absolute image paths.
+
+    Raises:
+        ValueError: a recorded field differs from ``expected`` or a split is absent (delete the file to re-split).
+        FileNotFoundError: a listed image is missing (names its path).
+    """
+    with open(datalist_json) as f:
+        saved = json.load(f)
+    for key, value in expected.items():
+        value = list(value) if isinstance(value, tuple) else value
+        if saved.get(key) != value:
+            raise ValueError(
+                f"{datalist_json} was written with {key}={saved.get(key)!r}, not {value!r}; delete it to re-split."
+            )
+    absent = [s for s in SPLITS if s not in saved]
+    if absent:
+        raise ValueError(f"{datalist_json} lacks the split(s) {absent}; delete it to re-split.")
+    root = os.path.abspath(dataset_dir)
+    out = {s: [{**it, "image": os.path.join(root, it["image"])} for it in saved[s]] for s in SPLITS}
+    missing = [it["image"] for s in SPLITS for it in out[s] if not os.path.isfile(it["image"])]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} images listed in {datalist_json} are missing, first: {missing[0]}; restore them, or "
+            "delete the datalist to re-split."
+        )
+    return out
+
+
+def read_split_file(path: str) -> list[str]:
+    """File names listed in a split file, one per line (surrounding white space and blank lines dropped).
+
+    Args:
+        path: the ``.txt`` split file.
+
+    Returns:
+        The names, in file order.
+
+    Raises:
+        ValueError: the file lists no name, or a name twice.
+    """
+    with open(path, encoding="utf-8-sig") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise ValueError(f"split file {path} lists no image.")
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
+    if dup:
+        raise ValueError(f"split file {path} lists {dup[:3]} more than once.")
+    return names
 
 
 def list_class_folder(
@@ -232,26 +309,10 @@ def make_class_folder_datalist(
     """
     if not os.path.isdir(dataset_dir):
         raise FileNotFoundError(missing_message or f"dataset folder {dataset_dir!r} does not exist.")
-    root = os.path.abspath(dataset_dir)
     if datalist_json and os.path.isfile(datalist_json):
-        with open(datalist_json) as f:
-            saved = json.load(f)
-        if list(saved.get("classes", [])) != list(classes):
-            raise ValueError(
-                f"{datalist_json} was written for classes {saved.get('classes')}, not {list(classes)}; "
-                "delete it to re-split."
-            )
-        out = {s: [{**it, "image": os.path.join(root, it["image"])} for it in saved[s]] for s in SPLITS}
-        missing = [it["image"] for s in SPLITS for it in out[s] if not os.path.isfile(it["image"])]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} files listed in {datalist_json} are missing (first: {missing[0]}); "
-                "restore them or delete the datalist to re-split."
-            )
-        return out
+        return load_saved_datalist(datalist_json, dataset_dir, classes=list(classes))
     items = list_class_folder(dataset_dir, classes, exclude=exclude)
     out = split_datalist(items, val_fraction, test_fraction, seed, group_pattern, group_size, shuffle_groups)
     if datalist_json:
-        rel = {s: [{**it, "image": os.path.relpath(it["image"], root)} for it in out[s]] for s in SPLITS}
-        write_json_atomic({"classes": list(classes), "seed": seed, **rel}, datalist_json)
+        save_datalist(out, datalist_json, dataset_dir, classes=list(classes), seed=seed)
     return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import os
 
-from monai_rd.data.datalist import SPLITS, write_json_atomic
+from monai_rd.data.datalist import save_datalist
 
 __all__ = ["ISIC2018_CLASSES", "ISIC2018_SPLIT_NAMES", "isic2018_datalist", "read_isic2018_ground_truth"]
 
@@ -118,6 +118,5 @@ def isic2018_datalist(
             )
         out[split] = sorted(items, key=lambda it: it["image"])
     if datalist_json:
-        rel = {s: [{**it, "image": os.path.relpath(it["image"], root)} for it in out[s]] for s in SPLITS}
-        write_json_atomic({"classes": list(ISIC2018_CLASSES), "seed": seed, "split": "official", **rel}, datalist_json)
+        save_datalist(out, datalist_json, root, classes=list(ISIC2018_CLASSES), seed=seed, split="official")
     return out

@@ -18,16 +18,9 @@ from pathlib import Path
 import torch
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
-from monai_rd.networks.teachers.checkpoint import (
-    CheckpointKeyError,
-    extract_state_dict,
-    load_into,
-    load_state_dict_file,
-    resolve_weights,
-    select_prefix,
-)
+from monai_rd.networks.teachers.checkpoint import CheckpointKeyError, read_state_dict, resolve_weights, select_prefix
 from monai_rd.networks.teachers.pmc_clip import CLIP_MEAN, CLIP_STD
-from monai_rd.networks.teachers.registry import register_teacher, wrap_teacher
+from monai_rd.networks.teachers.registry import load_teacher, register_teacher
 
 __all__ = ["BIOMEDCLIP_HF_REPO", "biomedclip_teacher"]
 
@@ -87,7 +80,7 @@ def biomedclip_teacher(
     if config.is_file():
         pre = json.loads(config.read_text()).get("preprocess_cfg", {})
         mean, std = tuple(pre.get("mean", mean)), tuple(pre.get("std", std))
-    state = extract_state_dict(load_state_dict_file(path), source=str(path))
+    state = read_state_dict(path)
     unexpected_towers = [k for k in state if not k.startswith(("visual.trunk.", "visual.head.", "text.", "logit_"))]
     trunk_state = select_prefix(state, "visual.trunk.")
     # keys outside the image trunk are only allowed where BiomedCLIP has them (text tower, projection, logit scale)
@@ -98,8 +91,7 @@ def biomedclip_teacher(
     trunk = timm.create_model(
         "vit_base_patch16_224", pretrained=False, num_classes=0, depth=depth, img_size=224, dynamic_img_size=True
     )
-    load_into(trunk, trunk_state, source=str(path))
-    return wrap_teacher(
-        trunk, "biomedclip-vit-b16", "forward_features", num_prefix_tokens=trunk.num_prefix_tokens,
-        input_size=size, mean=mean, std=std, autocast_dtype=autocast_dtype,
+    return load_teacher(
+        "biomedclip-vit-b16", trunk, path, trunk_state, feature_fn="forward_features",
+        num_prefix_tokens=trunk.num_prefix_tokens, input_size=size, mean=mean, std=std, autocast_dtype=autocast_dtype,
     )

@@ -15,7 +15,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -26,9 +26,11 @@ __all__ = [
     "WeightsUnavailableError",
     "cache_dir",
     "check_sha256",
+    "checked_file",
     "extract_state_dict",
     "load_into",
     "load_state_dict_file",
+    "read_state_dict",
     "resolve_weights",
     "select_prefix",
     "sha256sum",
@@ -96,6 +98,28 @@ def check_sha256(path: str | os.PathLike, expected: str | None) -> None:
         )
 
 
+def checked_file(path: str | os.PathLike, *, name: str, sha256: str | None = None) -> Path:
+    """A checkpoint file given by the user: it must exist, and match ``sha256`` when one is given.
+
+    Args:
+        path: the file.
+        name: teacher name, for messages.
+        sha256: optional expected SHA-256 (see :func:`check_sha256`).
+
+    Returns:
+        The path, with ``~`` expanded.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        RuntimeError: the SHA-256 does not match.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint for teacher {name!r} not found: {path} does not exist or is not a file.")
+    check_sha256(path, sha256)
+    return path
+
+
 def _download_url(url: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
@@ -141,11 +165,7 @@ def resolve_weights(
         RuntimeError: the SHA-256 does not match.
     """
     if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint for teacher {name!r} not found: {path} does not exist or is not a file.")
-        check_sha256(path, sha256)
-        return path
+        return checked_file(weights, name=name, sha256=sha256)
 
     target = cache_dir() / filename
     if target.is_file():
@@ -254,6 +274,34 @@ def select_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, t
         Sub-dict with the prefix removed.
     """
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def read_state_dict(
+    path: str | os.PathLike, *, strip: str | None = None, select: str | Sequence[str] = ()
+) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a flat state dict in the published layout of one model.
+
+    Args:
+        path: checkpoint file (see :func:`load_state_dict_file`; nesting is unwrapped by :func:`extract_state_dict`).
+        strip: prefix removed from every key that has it (e.g. a DistributedDataParallel ``"module."``).
+        select: prefix(es), tried in order after ``strip``: the first one some key starts with keeps only the keys
+            under it, with the prefix removed (see :func:`select_prefix`); when no key has any of them, all keys
+            are kept.
+
+    Returns:
+        Mapping of key to tensor.
+
+    Raises:
+        RuntimeError: the file cannot be read safely.
+        CheckpointKeyError: the file holds no state dict of tensors.
+    """
+    state = extract_state_dict(load_state_dict_file(path), source=str(path))
+    if strip:
+        state = {k.removeprefix(strip): v for k, v in state.items()}
+    for prefix in (select,) if isinstance(select, str) else select:
+        if prefix and any(k.startswith(prefix) for k in state):
+            return select_prefix(state, prefix)
+    return state
 
 
 def _shorten(keys: Iterable[str]) -> str:

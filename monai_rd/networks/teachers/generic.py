@@ -32,11 +32,10 @@ from monai_rd.networks.frozen_teacher import FrozenTeacher
 from monai_rd.networks.teachers.checkpoint import (
     WeightsUnavailableError,
     check_sha256,
-    extract_state_dict,
+    checked_file,
     load_into,
-    load_state_dict_file,
+    read_state_dict,
     resolve_weights,
-    select_prefix,
 )
 from monai_rd.networks.teachers.efficientnet_lite import (
     EFFICIENTNET_LITE_MEAN,
@@ -47,22 +46,6 @@ from monai_rd.networks.teachers.lvm_med import IMAGENET_MEAN, IMAGENET_STD, resn
 from monai_rd.networks.teachers.registry import register_teacher, register_teacher_prefix
 
 __all__ = ["open_clip_teacher", "state_dict_teacher", "timm_teacher", "torchscript_teacher", "torchvision_teacher"]
-
-
-def _checked_file(weights: str | os.PathLike, sha256: str | None, name: str) -> Path:
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint for teacher {name!r} not found: {path} does not exist or is not a file.")
-    check_sha256(path, sha256)
-    return path
-
-
-def _load_plain(model: nn.Module, weights, sha256: str | None, name: str, prefix: str | None) -> None:
-    path = _checked_file(weights, sha256, name)
-    state = extract_state_dict(load_state_dict_file(path), source=str(path))
-    if prefix:
-        state = select_prefix(state, prefix) if any(k.startswith(prefix) for k in state) else state
-    load_into(model, state, source=str(path))
 
 
 @register_teacher_prefix("timm")
@@ -112,7 +95,8 @@ def timm_teacher(
             ) from e
     else:
         model = timm.create_model(model_name, pretrained=False, **model_kwargs)
-        _load_plain(model, weights, sha256, teacher_name, prefix)
+        path = checked_file(weights, name=teacher_name, sha256=sha256)
+        load_into(model, read_state_dict(path, select=prefix or ()), source=str(path))
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     size = tuple(input_size) if input_size is not None else tuple(cfg.get("input_size", (3, 224, 224))[1:])
     mean = tuple(mean) if mean is not None else tuple(cfg.get("mean", IMAGENET_MEAN))
@@ -186,25 +170,20 @@ def torchvision_teacher(
 
     teacher_name = f"torchvision:{model_name}"
     size = tuple(input_size) if input_size is not None else (224, 224)
-    if weights is None:
-        enum = torchvision.models.get_model_weights(model_name)[tv_weights]
-        model = torchvision.models.get_model(model_name, weights=None, **model_kwargs)
+    enum = torchvision.models.get_model_weights(model_name)[tv_weights] if weights is None else None
+    model = torchvision.models.get_model(model_name, weights=None, **model_kwargs)
+    if enum is not None:
         # same file name and folder as torchvision's own cache, so a manually placed file is found offline
         path = resolve_weights(None, filename=Path(enum.url).name, name=teacher_name, url=enum.url)
-        state = extract_state_dict(load_state_dict_file(path), source=str(path))
-        _fix_legacy_densenet(state)
-        load_into(model, state, source=str(path))
+        prefix = None  # torchvision's own files carry no wrapper prefix
         crop = getattr(enum.transforms(), "crop_size", None)
         if input_size is None and crop:
             size = (crop[0], crop[0]) if len(crop) == 1 else tuple(crop)
     else:
-        model = torchvision.models.get_model(model_name, weights=None, **model_kwargs)
-        path = _checked_file(weights, sha256, teacher_name)
-        state = extract_state_dict(load_state_dict_file(path), source=str(path))
-        if prefix and any(k.startswith(prefix) for k in state):
-            state = select_prefix(state, prefix)
-        _fix_legacy_densenet(state)
-        load_into(model, state, source=str(path))
+        path = checked_file(weights, name=teacher_name, sha256=sha256)
+    state = read_state_dict(path, select=prefix or ())
+    _fix_legacy_densenet(state)
+    load_into(model, state, source=str(path))
     return FrozenTeacher(
         torchvision_trunk(model, model_name), input_size=size, mean=tuple(mean), std=tuple(std), in_channels=len(mean),
         autocast_dtype=autocast_dtype, name=teacher_name,
@@ -287,7 +266,7 @@ def open_clip_teacher(
 
     teacher_name = f"open_clip:{model_name}"
     arch, _, tag = model_name.partition("@")
-    source = str(_checked_file(weights, sha256, teacher_name)) if weights is not None else (pretrained or tag or None)
+    source = str(checked_file(weights, name=teacher_name, sha256=sha256)) if weights is not None else (pretrained or tag or None)
     if source is None and not arch.startswith("hf-hub:"):
         raise WeightsUnavailableError(
             f"teacher {teacher_name!r} needs weights: pass weights=<open_clip checkpoint>, a tag "
@@ -349,7 +328,7 @@ def torchscript_teacher(
         FileNotFoundError: no such file.
         RuntimeError: the file is not a TorchScript archive or the SHA-256 differs.
     """
-    path = _checked_file(file or weights or "", sha256, f"torchscript:{file}")
+    path = checked_file(file or weights or "", name=f"torchscript:{file}", sha256=sha256)
     try:
         model = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:

@@ -19,14 +19,8 @@ import torch
 import torch.nn as nn
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
-from monai_rd.networks.teachers.checkpoint import (
-    extract_state_dict,
-    load_into,
-    load_state_dict_file,
-    resolve_weights,
-    select_prefix,
-)
-from monai_rd.networks.teachers.registry import register_teacher, wrap_teacher
+from monai_rd.networks.teachers.checkpoint import read_state_dict, resolve_weights
+from monai_rd.networks.teachers.registry import load_teacher, register_teacher
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SamViTTrunk", "lvm_med_resnet50_teacher", "lvm_med_vit_b_teacher", "resnet_trunk"]
 
@@ -88,12 +82,12 @@ def lvm_med_resnet50_teacher(
     path = resolve_weights(
         weights, filename="lvm_med/lvmmed_resnet.torch", name="lvm-med-resnet50", manual=_README, sha256=sha256
     )
-    state = extract_state_dict(load_state_dict_file(path), source=str(path))
-    state = {k.removeprefix("module."): v for k, v in state.items()}
     model = torchvision.models.resnet50(weights=None)
     model.fc = nn.Identity()  # LVM-Med releases the encoder without a classifier; a stray fc.* is ignored
-    load_into(model, state, source=str(path), ignore=("fc.*",))
-    return wrap_teacher(resnet_trunk(model), "lvm-med-resnet50", None, input_size=input_size, autocast_dtype=autocast_dtype)
+    return load_teacher(
+        "lvm-med-resnet50", model, path, read_state_dict(path, strip="module."), trunk=resnet_trunk, ignore=("fc.*",),
+        input_size=input_size, autocast_dtype=autocast_dtype,
+    )
 
 
 class SamViTTrunk(nn.Module):
@@ -135,10 +129,7 @@ def sam_encoder_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Returns:
         State dict with timm names (``mlp.lin1/2`` -> ``mlp.fc1/2``).
     """
-    state = extract_state_dict(load_state_dict_file(path), source=str(path))
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if any(k.startswith("image_encoder.") for k in state):
-        state = select_prefix(state, "image_encoder.")
+    state = read_state_dict(path, strip="module.", select="image_encoder.")
     return {k.replace(".mlp.lin1.", ".mlp.fc1.").replace(".mlp.lin2.", ".mlp.fc2."): v for k, v in state.items()}
 
 
@@ -188,5 +179,7 @@ def lvm_med_vit_b_teacher(
     )
     if size != (1024, 1024):
         vit.patch_embed.strict_img_size = False
-    load_into(vit, sam_encoder_state(path), source=str(path))
-    return wrap_teacher(SamViTTrunk(vit), "lvm-med-vit-b", None, input_size=size, autocast_dtype=autocast_dtype)
+    return load_teacher(
+        "lvm-med-vit-b", vit, path, sam_encoder_state(path), trunk=SamViTTrunk, input_size=size,
+        autocast_dtype=autocast_dtype,
+    )

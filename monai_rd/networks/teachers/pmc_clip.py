@@ -18,14 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
-from monai_rd.networks.teachers.checkpoint import (
-    extract_state_dict,
-    load_into,
-    load_state_dict_file,
-    resolve_weights,
-    select_prefix,
-)
-from monai_rd.networks.teachers.registry import register_teacher, wrap_teacher
+from monai_rd.networks.teachers.checkpoint import read_state_dict, resolve_weights
+from monai_rd.networks.teachers.registry import load_teacher, register_teacher
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "ModifiedResNet", "pmc_clip_rn50_teacher"]
 
@@ -177,11 +171,7 @@ def pmc_clip_visual_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Returns:
         ``ModifiedResNet`` state dict (prefix removed; text tower and fusion module left out).
     """
-    state = extract_state_dict(load_state_dict_file(path), source=str(path))
-    for prefix in ("module.visual.", "visual."):
-        if any(k.startswith(prefix) for k in state):
-            return select_prefix(state, prefix)
-    return state
+    return read_state_dict(path, select=("module.visual.", "visual."))
 
 
 @register_teacher(
@@ -224,5 +214,7 @@ def pmc_clip_rn50_teacher(
         hf_filename="checkpoint.pt", sha256=sha256,
     )
     model = ModifiedResNet(layers=(3, 4, 6, 3), output_dim=768, heads=32, image_size=224, width=64)
-    load_into(model, pmc_clip_visual_state(path), source=str(path))
-    return wrap_teacher(model, "pmc-clip-rn50", "forward_features", input_size=input_size, autocast_dtype=autocast_dtype)
+    return load_teacher(
+        "pmc-clip-rn50", model, path, pmc_clip_visual_state(path), feature_fn="forward_features",
+        input_size=input_size, autocast_dtype=autocast_dtype,
+    )

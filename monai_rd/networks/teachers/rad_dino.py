@@ -17,13 +17,8 @@ import torch
 import torch.nn as nn
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
-from monai_rd.networks.teachers.checkpoint import (
-    extract_state_dict,
-    load_into,
-    load_state_dict_file,
-    resolve_weights,
-)
-from monai_rd.networks.teachers.registry import register_teacher, wrap_teacher
+from monai_rd.networks.teachers.checkpoint import read_state_dict, resolve_weights
+from monai_rd.networks.teachers.registry import load_teacher, register_teacher
 
 __all__ = ["RAD_DINO_CONFIG", "RAD_DINO_HF_REPO", "HFVisionTrunk", "rad_dino_teacher"]
 
@@ -171,10 +166,8 @@ def rad_dino_teacher(
             size = (crop["height"], crop["width"])
 
     model = Dinov2Model(Dinov2Config(**cfg))
-    state = extract_state_dict(load_state_dict_file(path), source=str(path))
-    state = {k.removeprefix("dinov2."): v for k, v in state.items()}
-    load_into(model, state, source=str(path), rename=dinov2_key_mapper(model))
-    return wrap_teacher(
-        HFVisionTrunk(model), "rad-dino", None, num_prefix_tokens=1, input_size=size, mean=mean, std=std,
+    return load_teacher(
+        "rad-dino", model, path, read_state_dict(path, strip="dinov2."), trunk=HFVisionTrunk,
+        rename=dinov2_key_mapper(model), num_prefix_tokens=1, input_size=size, mean=mean, std=std,
         autocast_dtype=autocast_dtype,
     )

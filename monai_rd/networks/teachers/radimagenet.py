@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
-from monai_rd.networks.teachers.checkpoint import extract_state_dict, load_into, load_state_dict_file, resolve_weights
-from monai_rd.networks.teachers.registry import register_teacher, wrap_teacher
+from monai_rd.networks.teachers.checkpoint import read_state_dict, resolve_weights
+from monai_rd.networks.teachers.registry import load_teacher, register_teacher
 
 __all__ = ["RADIMAGENET_MEAN", "RADIMAGENET_STD", "radimagenet_densenet121_teacher", "radimagenet_resnet50_teacher"]
 
@@ -86,14 +86,11 @@ def _to_backbone_layout(key: str, arch: str) -> str:
 
 def _build(arch: str, name: str, filename: str, weights, sha256, autocast_dtype, input_size) -> FrozenTeacher:
     path = resolve_weights(weights, filename=f"radimagenet/{filename}", name=name, manual=_DRIVE, sha256=sha256)
-    state = extract_state_dict(load_state_dict_file(path), source=str(path))
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    model = RadImageNetBackbone(arch)
-    load_into(
-        model, state, source=str(path), rename=lambda k: _to_backbone_layout(k, arch),
-        ignore=("fc.*", "classifier.*", "linear.*"),
+    return load_teacher(
+        name, RadImageNetBackbone(arch), path, read_state_dict(path, strip="module."),
+        trunk=RadImageNetBackbone.feature_trunk, rename=lambda k: _to_backbone_layout(k, arch),
+        ignore=("fc.*", "classifier.*", "linear.*"), input_size=input_size, autocast_dtype=autocast_dtype,
     )
-    return wrap_teacher(model.feature_trunk(), name, None, input_size=input_size, autocast_dtype=autocast_dtype)
 
 
 @register_teacher(

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import torch
+import torch.nn as nn
+
 from monai_rd.networks.frozen_teacher import FrozenTeacher
+from monai_rd.networks.teachers.checkpoint import load_into, read_state_dict
 
 __all__ = [
     "TeacherSpec",
@@ -27,6 +31,7 @@ __all__ = [
     "get_teacher_spec",
     "list_teacher_prefixes",
     "list_teachers",
+    "load_teacher",
     "register_teacher",
     "register_teacher_prefix",
     "wrap_teacher",
@@ -271,3 +276,39 @@ def wrap_teacher(
         autocast_dtype=autocast_dtype,
         name=spec_name,
     )
+
+
+def load_teacher(
+    spec_name: str,
+    model: nn.Module,
+    path: str | os.PathLike,
+    state: Mapping[str, torch.Tensor] | None = None,
+    *,
+    trunk: Callable[[nn.Module], nn.Module] | None = None,
+    feature_fn: str | Callable | None = None,
+    rename: Callable[[str], str] | None = None,
+    ignore: Iterable[str] = (),
+    **wrap_kwargs,
+) -> FrozenTeacher:
+    """The common end of a named teacher's builder: load its checkpoint strictly, then wrap it (:func:`wrap_teacher`).
+
+    Args:
+        spec_name: registered name whose input size, mean and std are the defaults.
+        model: the architecture, with the module names the (renamed) checkpoint keys must match.
+        path: the resolved checkpoint file (named in key errors).
+        state: the checkpoint's tensors in the published layout; None reads ``path`` (:func:`read_state_dict`).
+        trunk: maps the loaded model to the module RD distils from (e.g. conv1..layer4); None keeps the model.
+        feature_fn: see :class:`FrozenTeacher`.
+        rename: published key -> module key, applied before matching.
+        ignore: ``fnmatch`` patterns of checkpoint keys deliberately left unused (e.g. a classifier head).
+        wrap_kwargs: passed to :func:`wrap_teacher` (``input_size``, ``mean``, ``std``, ``num_prefix_tokens``,
+            ``autocast_dtype``).
+
+    Returns:
+        The frozen teacher, named ``spec_name``.
+
+    Raises:
+        CheckpointKeyError: a key is missing, unexpected (and not ignored) or mis-shaped.
+    """
+    load_into(model, read_state_dict(path) if state is None else state, source=str(path), rename=rename, ignore=ignore)
+    return wrap_teacher(trunk(model) if trunk is not None else model, spec_name, feature_fn, **wrap_kwargs)
