@@ -29,6 +29,7 @@ VARIANTS: dict[str, dict] = {
     "RD (default: lean Φ, cached teacher)": {},
     "RD, paper Φ (basic blocks at 512)": {"phi_block": "basic", "phi_hidden": None},
     "RD, live teacher": {"cache_teacher": False},
+    "RD, 4 cached views": {"cache_views": 4},
 }
 
 

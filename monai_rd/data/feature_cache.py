@@ -269,6 +269,54 @@ class TeacherFeatureCache:
     def __contains__(self, path: str) -> bool:
         return path in self.features
 
+    def index(self, path: str, view: int = 0) -> int:
+        """Row of (``path``, ``view``) in the stacked cache that :meth:`gather` reads.
+
+        Raises:
+            KeyError: the image was not cached.
+        """
+        self._stack_rows()
+        if path not in self._row:
+            raise KeyError(
+                f"{path!r} is not in the teacher-feature cache; call build() on a datalist that contains it "
+                "(or train with the live teacher)."
+            )
+        return self._row[path] * self.views + view
+
+    def _stack_rows(self) -> None:
+        # one (N * K, C_T, *spatial) tensor, so a batch is one indexed read on the trainer's device; the per-path
+        # entries become views of it, so memory is not doubled
+        if getattr(self, "_stack", None) is not None and len(self._row) == len(self.features):
+            return
+        paths = list(self.features)
+        stack = torch.stack([self.features[p] for p in paths]) if paths else torch.empty(0)
+        self._stack = stack.reshape(len(paths) * self.views, *stack.shape[2:]) if paths else stack
+        self._row = {p: i for i, p in enumerate(paths)}
+        for i, p in enumerate(paths):
+            self.features[p] = self._stack[i * self.views : (i + 1) * self.views]
+        self._on_device: dict[str, torch.Tensor] = {}
+
+    def gather(self, rows: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+        """Features of a batch by row index (from :meth:`index`), read on ``device`` in float32.
+
+        The stacked cache is copied to ``device`` once (70 MB for the demo) and batches are gathered there, so
+        on a GPU the features never cross the data loader or the host-to-device copy.
+
+        Args:
+            rows: (B,) integer rows.
+            device: the trainer's device.
+
+        Returns:
+            (B, C_T, *spatial) float32 tensor on ``device``.
+        """
+        self._stack_rows()
+        dev = torch.device(device)
+        key = str(dev)
+        if key not in self._on_device:
+            self._on_device[key] = self._stack.to(dev)
+        table = self._on_device[key]
+        return table.index_select(0, torch.as_tensor(rows).reshape(-1).to(dev, dtype=torch.long)).float()
+
     def lookup(self, path: str, view: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Features (and, with several views, the view's image) of one image.
 
@@ -294,10 +342,13 @@ class TeacherFeatureCache:
 
 
 class CachedTeacherFeaturesd(Randomizable, MapTransform):
-    """Adds the cached teacher features of an item under ``feature_key`` (a random cached view per call).
+    """Adds an item's cached teacher features (a random cached view per call) to the data.
 
-    Place it after the deterministic loading transforms; :class:`~monai_rd.engines.RDTrainer` then uses the
-    batch's features instead of running the teacher. With several cached views, the image under ``keys`` is
+    Place it after the deterministic loading transforms; :class:`~monai_rd.engines.RDTrainer` then uses them
+    instead of running the teacher. With ``output="index"`` (the bundles' choice) only the row of the features
+    in the cache goes under ``index_key`` and the trainer, given the same cache, gathers the batch's features
+    on its own device, so they never cross the data loader; ``output="features"`` puts the features
+    themselves under ``feature_key`` (works with any trainer that reads that key). With several cached views, the image under ``keys`` is
     replaced by the very view the teacher saw, so student and teacher inputs match. Random augmentation
     placed after this transform changes the student's input but not the cached features: the teacher's
     features then come from the un-augmented (or another) view; a log line says so once.
@@ -305,8 +356,13 @@ class CachedTeacherFeaturesd(Randomizable, MapTransform):
     Args:
         keys: the image key (its MetaTensor ``filename_or_obj``, or the raw path, finds the entry).
         cache: a built :class:`TeacherFeatureCache`.
-        feature_key: output key of the features.
+        feature_key: output key of the features (``output="features"``).
         replace_image: with several views, put the cached view's image under ``keys``.
+        output: ``"features"`` or ``"index"``.
+        index_key: output key of the cache row (``output="index"``).
+
+    Raises:
+        ValueError: unknown ``output``.
     """
 
     def __init__(
@@ -315,8 +371,14 @@ class CachedTeacherFeaturesd(Randomizable, MapTransform):
         cache: TeacherFeatureCache,
         feature_key: str = "teacher_features",
         replace_image: bool = True,
+        output: str = "features",
+        index_key: str = "teacher_feature_index",
     ) -> None:
         MapTransform.__init__(self, keys)
+        if output not in ("features", "index"):
+            raise ValueError(f"output must be 'features' or 'index', got {output!r}.")
+        self.output = output
+        self.index_key = index_key
         self.cache = cache
         self.feature_key = feature_key
         self.replace_image = replace_image
@@ -330,8 +392,12 @@ class CachedTeacherFeaturesd(Randomizable, MapTransform):
         d = dict(data)
         self.randomize()
         for key in self.key_iterator(d):
-            feats, view_img = self.cache.lookup(_source_path(d[key]), self._view)
-            d[self.feature_key] = feats
+            path = _source_path(d[key])
+            feats, view_img = self.cache.lookup(path, self._view)
+            if self.output == "index":
+                d[self.index_key] = self.cache.index(path, self._view)
+            else:
+                d[self.feature_key] = feats
             if view_img is not None and self.replace_image:
                 meta = d[key].meta if isinstance(d[key], MetaTensor) else None
                 d[key] = MetaTensor(view_img.clone(), meta=meta) if meta is not None else view_img.clone()

@@ -45,6 +45,10 @@ class RDTrainer(SupervisedTrainer):
             student's image to the teacher, which resizes it itself.
         teacher_feature_key: batch key of precomputed teacher features (from a feature cache); when present in
             a batch the teacher is not run.
+        feature_cache: a built :class:`~monai_rd.data.TeacherFeatureCache`; batches carrying its row indices under
+            ``teacher_index_key`` (from ``CachedTeacherFeaturesd(output="index")``) are served from it on the
+            trainer's device.
+        teacher_index_key: batch key of those row indices.
         grad_clip_norm: clip the global gradient norm to this value before each optimizer step.
         kwargs: other :class:`monai.engines.SupervisedTrainer` arguments (``amp``, ``accumulation_steps``,
             ``train_handlers``, ``key_train_metric``, ...).
@@ -67,6 +71,8 @@ class RDTrainer(SupervisedTrainer):
         teacher_input_key: str | None = None,
         teacher_feature_key: str = "teacher_features",
         grad_clip_norm: float | None = None,
+        feature_cache: Any | None = None,
+        teacher_index_key: str = "teacher_feature_index",
         **kwargs: Any,
     ) -> None:
         for attr in ("forward_features", "classify"):
@@ -101,6 +107,8 @@ class RDTrainer(SupervisedTrainer):
         self.teacher_input_key = teacher_input_key
         self.teacher_feature_key = teacher_feature_key
         self.grad_clip_norm = grad_clip_norm
+        self.feature_cache = feature_cache
+        self.teacher_index_key = teacher_index_key
 
     def teacher_features(self, batchdata: dict, inputs: torch.Tensor) -> torch.Tensor | None:
         """Teacher features for a batch, without grad.
@@ -112,6 +120,13 @@ class RDTrainer(SupervisedTrainer):
         Returns:
             (B, C_T, *spatial) or (B, C_T) features on the device, or None when training the student alone.
         """
+        if isinstance(batchdata, dict) and self.teacher_index_key in batchdata:
+            if self.feature_cache is None:
+                raise ValueError(
+                    f"the batch carries teacher-feature cache rows under {self.teacher_index_key!r} but the trainer "
+                    "has no feature_cache; pass the same TeacherFeatureCache as feature_cache=."
+                )
+            return self.feature_cache.gather(batchdata[self.teacher_index_key], self.state.device)
         if isinstance(batchdata, dict) and self.teacher_feature_key in batchdata:
             feats = batchdata[self.teacher_feature_key]
             return torch.as_tensor(feats).to(self.state.device, non_blocking=self.non_blocking).float()

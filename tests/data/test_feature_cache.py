@@ -100,3 +100,22 @@ def test_transform_adds_features_and_reports_unknown_images(tmp_path):
 def test_missing_image_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.png"):
         TeacherFeatureCache(_teacher(), _base(), cache_dir=str(tmp_path)).build([{"image": str(tmp_path / "nowhere.png")}])
+
+
+def test_index_output_and_gather_serve_the_same_features(tmp_path):
+    items = _images(tmp_path, 4)
+    base = _base()
+    aug = Compose([RandGaussianNoised("image", prob=1.0, std=0.1)])
+    cache = TeacherFeatureCache(_teacher(), base, views=2, augment=aug, dtype=torch.float16).build(items)
+    rows = [cache.index(it["image"], v) for it in items for v in range(2)]
+    assert sorted(rows) == list(range(8))
+    got = cache.gather(torch.tensor(rows), "cpu")
+    want = torch.stack([cache.lookup(it["image"], v)[0] for it in items for v in range(2)]).float()
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    lookup = CachedTeacherFeaturesd("image", cache, output="index")
+    lookup.set_random_state(0)
+    out = lookup(base(dict(items[2])))
+    assert out["teacher_feature_index"] in (cache.index(items[2]["image"], 0), cache.index(items[2]["image"], 1))
+    assert "teacher_features" not in out
+    with pytest.raises(ValueError, match="output"):
+        CachedTeacherFeaturesd("image", cache, output="both")

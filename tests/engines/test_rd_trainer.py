@@ -153,3 +153,22 @@ def test_constructor_validates_parts():
         RDTrainer("cpu", 1, _data(), nn.Linear(2, 2), opt, RDLoss())
     with pytest.raises(ValueError, match="RDLoss"):
         RDTrainer("cpu", 1, _data(), student, opt, nn.CrossEntropyLoss())
+
+
+def test_cache_rows_are_gathered_from_the_feature_cache():
+    teacher, student, phi = _parts()
+    data = _data()
+    feats = torch.cat([teacher(b["image"]) for b in data])
+
+    class Table:
+        def gather(self, rows, device):
+            return feats[rows.long()].to(device)
+
+    for i, batch in enumerate(data):
+        batch["teacher_feature_index"] = torch.arange(i * 6, i * 6 + 6)
+    trainer = _trainer(data, None, student, phi, epochs=1, decollate=False, feature_cache=Table())
+    trainer.run()
+    assert trainer.state.output["ce_teacher"].item() > 0
+    no_cache = _trainer(data, None, student, phi, epochs=1, decollate=False)
+    with pytest.raises(ValueError, match="feature_cache"):
+        no_cache.run()
