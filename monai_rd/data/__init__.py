@@ -5,11 +5,12 @@ from monai_rd.data.btc import BTC_CLASSES, btc_datalist
 from monai_rd.data.chestxray14 import CHESTXRAY14_FINDINGS, chestxray14_datalist
 from monai_rd.data.covid_ct import COVID_CT_CLASSES, covid_ct_datalist
 from monai_rd.data.isic2018 import ISIC2018_CLASSES, isic2018_datalist
-from monai_rd.data.feature_cache import CachedTeacherFeaturesd, TeacherFeatureCache, file_sha256
+from monai_rd.data.feature_cache import CachedTeacherFeaturesd, RandCachedTeacherFeaturesd, TeacherFeatureCache, file_sha256
 from monai_rd.data.datalist import list_class_folder, list_images, make_class_folder_datalist, split_datalist, write_json_atomic
 
 __all__ = [
     "CachedTeacherFeaturesd",
+    "RandCachedTeacherFeaturesd",
     "TeacherFeatureCache",
     "file_sha256",
     "BUSI_CLASSES",

@@ -23,7 +23,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import set_determinism
 
-__all__ = ["TeacherFeatureCache", "CachedTeacherFeaturesd", "describe_transform", "file_sha256"]
+__all__ = ["TeacherFeatureCache", "CachedTeacherFeaturesd", "RandCachedTeacherFeaturesd", "describe_transform", "file_sha256"]
 
 logger = logging.getLogger(__name__)
 
@@ -341,28 +341,30 @@ class TeacherFeatureCache:
         return self.features[path][view], img
 
 
-class CachedTeacherFeaturesd(Randomizable, MapTransform):
-    """Adds an item's cached teacher features (a random cached view per call) to the data.
+class CachedTeacherFeaturesd(MapTransform):
+    """Adds an item's cached teacher features, for one fixed cached view, to the data.
 
-    Place it after the deterministic loading transforms; :class:`~monai_rd.engines.RDTrainer` then uses them
-    instead of running the teacher. With ``output="index"`` (the bundles' choice) only the row of the features
-    in the cache goes under ``index_key`` and the trainer, given the same cache, gathers the batch's features
-    on its own device, so they never cross the data loader; ``output="features"`` puts the features
-    themselves under ``feature_key`` (works with any trainer that reads that key). With several cached views, the image under ``keys`` is
-    replaced by the very view the teacher saw, so student and teacher inputs match. Random augmentation
-    placed after this transform changes the student's input but not the cached features: the teacher's
-    features then come from the un-augmented (or another) view; a log line says so once.
+    Deterministic, so a ``CacheDataset`` caches its output with the loading transforms (for several cached
+    views use :class:`RandCachedTeacherFeaturesd`). Place it after the deterministic loading transforms;
+    :class:`~monai_rd.engines.RDTrainer` then uses the features instead of running the teacher. With
+    ``output="index"`` (the bundles' choice) only the row of the features in the cache goes under ``index_key``
+    and the trainer, given the same cache, gathers the batch's features on its own device, so they never cross
+    the data loader; ``output="features"`` puts the features themselves under ``feature_key`` (works with any
+    trainer that reads that key). When the view has a stored image (several views), the image under ``keys``
+    is replaced by it, so student and teacher inputs match. Random augmentation placed after this transform
+    changes the student's input but not the cached features; a log line says so once.
 
     Args:
         keys: the image key (its MetaTensor ``filename_or_obj``, or the raw path, finds the entry).
         cache: a built :class:`TeacherFeatureCache`.
         feature_key: output key of the features (``output="features"``).
-        replace_image: with several views, put the cached view's image under ``keys``.
+        replace_image: put the cached view's image (if stored) under ``keys``.
         output: ``"features"`` or ``"index"``.
         index_key: output key of the cache row (``output="index"``).
+        view: the cached view to use.
 
     Raises:
-        ValueError: unknown ``output``.
+        ValueError: unknown ``output`` or a view out of range.
     """
 
     def __init__(
@@ -373,24 +375,23 @@ class CachedTeacherFeaturesd(Randomizable, MapTransform):
         replace_image: bool = True,
         output: str = "features",
         index_key: str = "teacher_feature_index",
+        view: int = 0,
     ) -> None:
         MapTransform.__init__(self, keys)
         if output not in ("features", "index"):
             raise ValueError(f"output must be 'features' or 'index', got {output!r}.")
+        if not 0 <= view < cache.views:
+            raise ValueError(f"view {view} is out of range for a cache of {cache.views} view(s).")
         self.output = output
         self.index_key = index_key
         self.cache = cache
         self.feature_key = feature_key
         self.replace_image = replace_image
-        self._view = 0
+        self._view = view
         self._warned = False
-
-    def randomize(self, data: Any = None) -> None:
-        self._view = int(self.R.randint(self.cache.views)) if self.cache.views > 1 else 0
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        self.randomize()
         for key in self.key_iterator(d):
             path = _source_path(d[key])
             feats, view_img = self.cache.lookup(path, self._view)
@@ -409,3 +410,23 @@ class CachedTeacherFeaturesd(Randomizable, MapTransform):
                 self.cache.views,
             )
         return d
+
+
+class RandCachedTeacherFeaturesd(Randomizable, CachedTeacherFeaturesd):
+    """:class:`CachedTeacherFeaturesd` with a random cached view per call (for caches of several views).
+
+    Args:
+        keys: the image key.
+        cache: a built :class:`TeacherFeatureCache`.
+        kwargs: the other :class:`CachedTeacherFeaturesd` arguments except ``view``.
+    """
+
+    def __init__(self, keys: KeysCollection, cache: TeacherFeatureCache, **kwargs: Any) -> None:
+        CachedTeacherFeaturesd.__init__(self, keys, cache, **kwargs)
+
+    def randomize(self, data: Any = None) -> None:
+        self._view = int(self.R.randint(self.cache.views))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        self.randomize()
+        return super().__call__(data)

@@ -5,7 +5,7 @@ import torch.nn as nn
 from PIL import Image
 
 from monai.transforms import Compose, LoadImaged, RandFlipd, RandGaussianNoised, ScaleIntensityd
-from monai_rd.data import CachedTeacherFeaturesd, TeacherFeatureCache
+from monai_rd.data import CachedTeacherFeaturesd, RandCachedTeacherFeaturesd, TeacherFeatureCache
 from monai_rd.networks import FrozenTeacher
 
 
@@ -112,10 +112,16 @@ def test_index_output_and_gather_serve_the_same_features(tmp_path):
     got = cache.gather(torch.tensor(rows), "cpu")
     want = torch.stack([cache.lookup(it["image"], v)[0] for it in items for v in range(2)]).float()
     assert got.dtype == torch.float32 and torch.equal(got, want)
-    lookup = CachedTeacherFeaturesd("image", cache, output="index")
+    lookup = RandCachedTeacherFeaturesd("image", cache, output="index")
     lookup.set_random_state(0)
-    out = lookup(base(dict(items[2])))
-    assert out["teacher_feature_index"] in (cache.index(items[2]["image"], 0), cache.index(items[2]["image"], 1))
-    assert "teacher_features" not in out
+    seen = {lookup(base(dict(items[2])))["teacher_feature_index"] for _ in range(20)}
+    assert seen == {cache.index(items[2]["image"], 0), cache.index(items[2]["image"], 1)}
+    fixed = CachedTeacherFeaturesd("image", cache, output="index", view=1)
+    out = fixed(base(dict(items[2])))
+    assert out["teacher_feature_index"] == cache.index(items[2]["image"], 1) and "teacher_features" not in out
+    # the cached view's image replaces the student's, so both branches see the same input
+    assert torch.equal(out["image"], cache.lookup(items[2]["image"], 1)[1])
+    with pytest.raises(ValueError, match="out of range"):
+        CachedTeacherFeaturesd("image", cache, view=2)
     with pytest.raises(ValueError, match="output"):
         CachedTeacherFeaturesd("image", cache, output="both")
