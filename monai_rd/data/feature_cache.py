@@ -394,11 +394,14 @@ class CachedTeacherFeaturesd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             path = _source_path(d[key])
-            feats, view_img = self.cache.lookup(path, self._view)
             if self.output == "index":
                 d[self.index_key] = self.cache.index(path, self._view)
+            if self.output == "features" or (self.replace_image and self.cache.views > 1):
+                feats, view_img = self.cache.lookup(path, self._view)
+                if self.output == "features":
+                    d[self.feature_key] = feats
             else:
-                d[self.feature_key] = feats
+                view_img = None
             if view_img is not None and self.replace_image:
                 meta = d[key].meta if isinstance(d[key], MetaTensor) else None
                 d[key] = MetaTensor(view_img.clone(), meta=meta) if meta is not None else view_img.clone()

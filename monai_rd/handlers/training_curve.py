@@ -16,7 +16,7 @@ __all__ = ["TrainingCurvePlotter"]
 
 class TrainingCurvePlotter:
     """Records the epoch means of the trainer's loss terms and an evaluator's scalar metrics; redraws a PNG
-    after every epoch (written atomically).
+    once per epoch and at the end (written atomically).
 
     Args:
         filename: output PNG path.
@@ -51,6 +51,8 @@ class TrainingCurvePlotter:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_done)
+        # the last validation may run after this handler's EPOCH_COMPLETED, depending on attach order
+        engine.add_event_handler(Events.COMPLETED, lambda _: self.plot())
         if self.evaluator is not None:
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._validation_done)
 
@@ -78,7 +80,6 @@ class TrainingCurvePlotter:
             if k in evaluator.state.metrics:
                 self.metrics.setdefault(k, []).append(float(torch.as_tensor(evaluator.state.metrics[k])))
         self.metric_epochs.append(epoch)
-        self.plot()
 
     def plot(self) -> None:
         """Draw losses (left) and validation metrics (right) and write the PNG."""

@@ -11,18 +11,15 @@ __all__ = ["StudentClassifier", "create_backbone", "list_students"]
 
 
 def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
-    """Change the first convolution to ``in_channels`` inputs, summing (or tiling) its RGB weights."""
+    """Change the first convolution to ``in_channels`` inputs, adapting its RGB weights as timm does
+    (summed for one channel, tiled and rescaled otherwise)."""
+    from timm.models import adapt_input_conv
+
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+        if isinstance(module, nn.Conv2d):
             if module.in_channels == in_channels:
                 return
-            w = module.weight.detach()
-            if in_channels == 1:
-                new_w = w.sum(dim=1, keepdim=True)
-            else:
-                reps = -(-in_channels // w.shape[1])
-                new_w = w.repeat(1, reps, *([1] * (w.ndim - 2)))[:, :in_channels] * (w.shape[1] / in_channels)
-            conv = type(module)(
+            conv = nn.Conv2d(
                 in_channels,
                 module.out_channels,
                 module.kernel_size,  # type: ignore[arg-type]
@@ -32,13 +29,13 @@ def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
                 module.groups,
                 module.bias is not None,
             )
-            conv.weight.data.copy_(new_w)
+            conv.weight.data.copy_(adapt_input_conv(in_channels, module.weight.detach()))
             if module.bias is not None:
                 conv.bias.data.copy_(module.bias.detach())  # type: ignore[union-attr]
             parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
             setattr(parent, name.rsplit(".", 1)[-1], conv)
             return
-    raise ValueError("no convolution found to adapt to the input channels.")
+    raise ValueError("no 2D convolution found to adapt to the input channels.")
 
 
 def _torchvision(arch: str, head_attr: str) -> Callable[..., tuple[nn.Module, int]]:
