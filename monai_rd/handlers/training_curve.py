@@ -45,6 +45,18 @@ class TrainingCurvePlotter:
         self.metric_epochs: list[int] = []
         self._trainer: Engine | None = None
 
+    def state_dict(self) -> dict:
+        """The recorded curves, so a resumed run draws the whole run (see :class:`~monai_rd.handlers.RunState`)."""
+        return {"losses": self.losses, "loss_epochs": self.loss_epochs, "metrics": self.metrics,
+                "metric_epochs": self.metric_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore curves recorded by :meth:`state_dict`."""
+        self.losses = {k: list(state["losses"].get(k, [])) for k in self.loss_keys}
+        self.loss_epochs = list(state["loss_epochs"])
+        self.metrics = {k: list(v) for k, v in state["metrics"].items()}
+        self.metric_epochs = list(state["metric_epochs"])
+
     def attach(self, engine: Engine) -> None:
         """Attach to the trainer (and to the evaluator's EPOCH_COMPLETED when one was given)."""
         self._trainer = engine

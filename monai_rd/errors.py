@@ -1,0 +1,82 @@
+"""Errors monai_rd raises for problems a user can fix, and a hook that shows them plainly on the command line.
+
+MONAI wraps every exception raised while a bundle config is evaluated (``Failed to evaluate ConfigExpression``,
+``Failed to instantiate``), so the last line of a ``python -m monai.bundle run`` traceback is MONAI's, not the
+message that says what to fix. :func:`install_excepthook` (run by every bundle's ``initialize``) prints the
+innermost :class:`MonaiRDError` of an uncaught exception's chain as the top-level message instead, and keeps
+the full traceback one environment variable away.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from types import TracebackType
+
+__all__ = [
+    "CheckpointMismatchError",
+    "DataCheckError",
+    "MonaiRDError",
+    "NonFiniteError",
+    "OptionError",
+    "OutputFolderError",
+    "find_rd_error",
+    "install_excepthook",
+]
+
+TRACEBACK_ENV = "MONAI_RD_TRACEBACK"
+
+
+class MonaiRDError(Exception):
+    """Base of the errors whose message alone tells the user what is wrong and what to do."""
+
+
+class OptionError(MonaiRDError, ValueError):
+    """A bundle option (a ``--key value`` override) has a value it cannot take."""
+
+
+class DataCheckError(MonaiRDError, ValueError):
+    """The datalist or its files cannot be trained on (unreadable, wrong channels, bad labels, leaks)."""
+
+
+class NonFiniteError(MonaiRDError, FloatingPointError):
+    """A loss, gradient or weight became NaN or infinite."""
+
+
+class CheckpointMismatchError(MonaiRDError, ValueError):
+    """A checkpoint was written by another configuration or run than the one loading it."""
+
+
+class OutputFolderError(MonaiRDError, FileExistsError):
+    """The output folder holds a previous run's files that this run would overwrite."""
+
+
+def find_rd_error(exc: BaseException | None) -> MonaiRDError | None:
+    """The innermost :class:`MonaiRDError` in ``exc``'s cause/context chain, or None."""
+    found, seen = None, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MonaiRDError):
+            found = exc
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+def _hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    err = find_rd_error(exc)
+    if err is None or os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    last = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
+    where = f" (raised in {last[0].filename}:{last[0].lineno})" if last else ""
+    sys.stderr.write(
+        f"\nmonai_rd: {type(err).__name__}: {err}\n"
+        f"[set {TRACEBACK_ENV}=1 for the full traceback{where}]\n"
+    )
+
+
+def install_excepthook() -> None:
+    """Show an uncaught :class:`MonaiRDError` as the top-level message of the process (idempotent)."""
+    if sys.excepthook is not _hook:
+        sys.excepthook = _hook
