@@ -67,8 +67,10 @@ class CrashSafeCheckpointSaver(_MonaiCheckpointSaver):
         """Attach as MONAI's saver does, after adopting the periodic checkpoints already in ``save_dir``."""
         ckpt = self._interval_checkpoint
         if ckpt is not None:
-            step = re.compile(rf"^{re.escape(ckpt.filename_prefix + '_' if ckpt.filename_prefix else '')}"
-                              rf"checkpoint_{ckpt.score_name}=(\d+)\.{ckpt.ext}$")
+            # ignite names the file after the single saved object, or "checkpoint" for several
+            name = next(iter(ckpt.to_save)) if len(ckpt.to_save) == 1 else "checkpoint"
+            prefix = f"{ckpt.filename_prefix}_" if ckpt.filename_prefix else ""
+            step = re.compile(rf"^{re.escape(prefix + name)}_{ckpt.score_name}=(\d+)\.{ckpt.ext}$")
             found = sorted(
                 (int(m.group(1)), name)
                 for name in map(os.path.basename, glob.glob(os.path.join(self.save_dir, "*")))

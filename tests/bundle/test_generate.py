@@ -1,0 +1,60 @@
+"""One recipe for every bundle: the committed configs are the generator's output."""
+
+import json
+import os
+
+import pytest
+
+from monai_rd.bundle.generate import GENERATED, generate_bundle, main, set_by_id
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUNDLES = sorted(
+    os.path.join(REPO, "bundles", b)
+    for b in os.listdir(os.path.join(REPO, "bundles"))
+    if os.path.isfile(os.path.join(REPO, "bundles", b, "configs", "overrides.json"))
+)
+
+
+def test_every_bundle_is_generated():
+    assert {os.path.basename(b) for b in BUNDLES} >= {"rd_demo", "rd_busi", "rd_isic2018", "rd_covid_ct", "rd_btc", "rd_chestxray"}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=os.path.basename)
+def test_committed_configs_equal_the_generator_output(bundle):
+    for fname, text in generate_bundle(bundle).items():
+        with open(os.path.join(bundle, "configs", fname)) as f:
+            assert f.read() == text, f"{fname} of {bundle} is stale: run `python -m monai_rd.bundle.generate`"
+
+
+def test_overrides_hold_only_what_is_specific():
+    # the recipe is shared: each bundle's overrides are a small fraction of its generated train.json
+    for bundle in BUNDLES:
+        overrides = json.load(open(os.path.join(bundle, "configs", "overrides.json")))
+        train = open(os.path.join(bundle, "configs", "train.json")).read()
+        assert len(json.dumps(overrides)) < 0.4 * len(train), bundle
+
+
+def test_set_by_id_and_unknown_ids():
+    config = {"train": {"augmentation": [{"prob": 0.5}]}}
+    set_by_id(config, "train#augmentation#0#prob", 0.1)
+    set_by_id(config, "train#epochs", 3)
+    assert config == {"train": {"augmentation": [{"prob": 0.1}], "epochs": 3}}
+    with pytest.raises(KeyError, match="no 'validate'"):
+        set_by_id(config, "validate#epochs", 3)
+
+
+def test_check_mode_reports_a_stale_file(tmp_path, monkeypatch, capsys):
+    bundle = tmp_path / "bundles" / "rd_x" / "configs"
+    bundle.mkdir(parents=True)
+    (bundle / "overrides.json").write_text(json.dumps({"common": {"image_size": 32}, "train": {"epochs": 2}}))
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0
+    assert all((bundle / f).is_file() for f in GENERATED)
+    train = json.loads((bundle / "train.json").read_text())
+    infer = json.loads((bundle / "inference.json").read_text())
+    assert train["epochs"] == 2 and train["image_size"] == 32 and infer["image_size"] == 32
+    assert train["bundle_root"] == "bundles/rd_x"
+    assert main(["--check"]) == 0
+    (bundle / "train.json").write_text("{}")
+    assert main(["--check"]) == 1
+    assert "train.json" in capsys.readouterr().err

@@ -1,0 +1,37 @@
+"""User-fixable errors are the top-level message of a failed bundle run, not MONAI's wrapper."""
+
+import subprocess
+import sys
+
+from monai_rd.errors import OptionError, find_rd_error
+
+
+def test_find_rd_error_walks_the_chain():
+    try:
+        try:
+            raise OptionError("--distill must be true or false")
+        except OptionError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from e
+    except RuntimeError as wrapped:
+        assert str(find_rd_error(wrapped)) == "--distill must be true or false"
+    assert find_rd_error(RuntimeError("other")) is None
+
+
+CODE = """
+import monai_rd.errors as e
+e.install_excepthook()
+try:
+    raise e.OptionError('--epochs must be an integer')
+except e.OptionError as x:
+    raise RuntimeError('Failed to evaluate ConfigExpression') from x
+"""
+
+
+def test_hook_prints_our_message_last_and_keeps_the_traceback_on_request():
+    run = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True)
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()
+    assert "monai_rd: OptionError: --epochs must be an integer" in last[-2]
+    assert "Failed to evaluate" not in run.stderr
+    full = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, env={"MONAI_RD_TRACEBACK": "1"})
+    assert "Failed to evaluate ConfigExpression" in full.stderr and full.returncode == 1
