@@ -49,7 +49,7 @@ class CheckpointMismatchError(MonaiRDError, ValueError):
 
 
 class OutputFolderError(MonaiRDError, FileExistsError):
-    """The output folder holds a previous run's files that this run would overwrite."""
+    """An output folder cannot be written, or holds a previous run's files that this run would overwrite."""
 
 
 def find_rd_error(exc: BaseException | None) -> MonaiRDError | None:

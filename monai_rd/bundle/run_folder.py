@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from monai_rd.data.checks import check_writable
 from monai_rd.errors import CheckpointMismatchError, OutputFolderError
 
 __all__ = ["CHECKPOINT_GLOB", "RUN_OUTPUTS", "latest_checkpoint", "prepare_run_folder"]
@@ -35,19 +36,6 @@ def latest_checkpoint(ckpt_dir: str) -> str | None:
     """The ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` with the largest N, or None."""
     found = [(int(_EPOCH.search(p).group(1)), p) for p in glob.glob(os.path.join(ckpt_dir, CHECKPOINT_GLOB))]
     return max(found)[1] if found else None
-
-
-def _check_writable(folder: str) -> None:
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise OutputFolderError(
-            f"cannot write to the output folder {folder!r} ({e.strerror}); choose a writable --ckpt_dir/--output_dir."
-        ) from e
 
 
 def _previous_outputs(folders: Mapping[str, str]) -> list[str]:
@@ -93,8 +81,8 @@ def prepare_run_folder(
             named).
     """
     folders = {"ckpt_dir": ckpt_dir, "output_dir": output_dir}
-    for folder in dict.fromkeys(folders.values()):
-        _check_writable(folder)
+    for folder in check_writable(*dict.fromkeys(folders.values())):
+        os.makedirs(folder, exist_ok=True)
     if resume:
         path = latest_checkpoint(ckpt_dir)
         if path is None:

@@ -7,6 +7,9 @@ from monai_rd.data.covid_ct import COVID_CT_CLASSES, covid_ct_datalist
 from monai_rd.data.isic2018 import ISIC2018_CLASSES, isic2018_datalist
 from monai_rd.data.feature_cache import CachedTeacherFeaturesd, RandCachedTeacherFeaturesd, TeacherFeatureCache, file_sha256
 from monai_rd.data.datalist import list_class_folder, list_images, make_class_folder_datalist, split_datalist, write_json_atomic
+from monai_rd.data.pil_modes import convert_to_displayed_mode
+from monai_rd.data.checks import check_datalist, check_writable, default_image_loader
+from monai_rd.data.datalist import load_json, read_groups_csv
 
 __all__ = [
     "CachedTeacherFeaturesd",
@@ -28,4 +31,10 @@ __all__ = [
     "make_class_folder_datalist",
     "split_datalist",
     "write_json_atomic",
+    "check_datalist",
+    "check_writable",
+    "convert_to_displayed_mode",
+    "default_image_loader",
+    "load_json",
+    "read_groups_csv",
 ]

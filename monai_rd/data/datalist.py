@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import json
 import os
 import re
-import tempfile
+import secrets
+import stat
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+from monai_rd.errors import DataCheckError, OptionError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "list_class_folder",
     "list_images",
+    "load_json",
     "load_saved_datalist",
     "make_class_folder_datalist",
+    "read_groups_csv",
     "read_split_file",
     "save_datalist",
     "split_datalist",
@@ -28,12 +35,47 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".
 SPLITS = ("training", "validation", "test")
 
 
+def load_json(path: str, what: str = "JSON file") -> Any:
+    """Parse a JSON file, naming the file, line and column when it is not valid JSON.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (e.g. ``"datalist"``).
+
+    Returns:
+        The parsed object.
+
+    Raises:
+        DataCheckError: the file is missing, unreadable or not valid JSON (with the position of the error).
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise DataCheckError(f"{what} {path} does not exist.") from e
+    except json.JSONDecodeError as e:
+        raise DataCheckError(
+            f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): fix it, or delete it "
+            "if it is a saved split, to re-split."
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataCheckError(f"{what} {path} cannot be read ({e}).") from e
+
+
 def write_json_atomic(obj: object, path: str) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file.
+
+    The file gets the permissions ``open(path, "w")`` would give it: an existing file's mode is kept, a new file's
+    is ``0o666`` less the umask (``tempfile.mkstemp`` would make it ``0o600``, unreadable to the group).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask, as for open()
     try:
         with os.fdopen(fd, "w") as f:
+            if os.path.isfile(path):
+                os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
             json.dump(obj, f, indent=2)
         os.replace(tmp, path)
     except BaseException:
@@ -68,20 +110,35 @@ def load_saved_datalist(datalist_json: str, dataset_dir: str, **expected) -> dic
         The splits with absolute image paths.
 
     Raises:
-        ValueError: a recorded field differs from ``expected`` or a split is absent (delete the file to re-split).
+        DataCheckError: the file is not valid JSON or not a saved datalist, a recorded field differs from
+            ``expected``, or a split is absent or malformed (delete the file to re-split).
         FileNotFoundError: a listed image is missing (names its path).
     """
-    with open(datalist_json) as f:
-        saved = json.load(f)
+    saved = load_json(datalist_json, what="saved datalist")
+    if not isinstance(saved, dict):
+        raise DataCheckError(
+            f"{datalist_json} holds a {type(saved).__name__}, not a saved datalist; delete it to re-split."
+        )
     for key, value in expected.items():
         value = list(value) if isinstance(value, tuple) else value
         if saved.get(key) != value:
-            raise ValueError(
+            raise DataCheckError(
                 f"{datalist_json} was written with {key}={saved.get(key)!r}, not {value!r}; delete it to re-split."
             )
     absent = [s for s in SPLITS if s not in saved]
     if absent:
-        raise ValueError(f"{datalist_json} lacks the split(s) {absent}; delete it to re-split.")
+        raise DataCheckError(f"{datalist_json} lacks the split(s) {absent}; delete it to re-split.")
+    for s in SPLITS:
+        items = saved[s]
+        if not isinstance(items, list):
+            bad = "is not a list"
+        else:
+            no_path = [
+                i for i, it in enumerate(items) if not isinstance(it, dict) or not isinstance(it.get("image"), str)
+            ]
+            bad = f"item {no_path[0]} has no 'image' path" if no_path else None
+        if bad:
+            raise DataCheckError(f"{datalist_json}: split {s!r} {bad}; delete it to re-split.")
     root = os.path.abspath(dataset_dir)
     out = {s: [{**it, "image": os.path.join(root, it["image"])} for it in saved[s]] for s in SPLITS}
     missing = [it["image"] for s in SPLITS for it in out[s] if not os.path.isfile(it["image"])]
@@ -194,6 +251,61 @@ def _group_key(path: str, pattern: str, group_size: int) -> str:
     return str(int(key) // group_size) if group_size > 1 else key
 
 
+def read_groups_csv(path: str) -> dict[str, str]:
+    """Read a ``file -> group`` table (e.g. image -> patient) from a CSV with the columns ``image`` and ``group``.
+
+    ``image`` is a file name or a path; :func:`split_datalist` matches it against each item's path, then its file
+    name. Other columns are ignored.
+
+    Args:
+        path: the CSV file.
+
+    Returns:
+        ``{image: group}``.
+
+    Raises:
+        DataCheckError: the file is missing, lacks a column, has an empty cell, or lists an image twice with
+            different groups (names the line).
+    """
+    if not os.path.isfile(path):
+        raise DataCheckError(f"groups CSV {path} does not exist.")
+    out: dict[str, str] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        absent = [c for c in ("image", "group") if c not in (reader.fieldnames or [])]
+        if absent:
+            raise DataCheckError(f"groups CSV {path} lacks the column(s) {absent} (its header: {reader.fieldnames}).")
+        for line, row in enumerate(reader, start=2):
+            image, group = (row["image"] or "").strip(), (row["group"] or "").strip()
+            if not image or not group:
+                raise DataCheckError(f"groups CSV {path}, line {line}: empty image or group in {row}.")
+            if out.setdefault(image, group) != group:
+                raise DataCheckError(
+                    f"groups CSV {path}, line {line}: {image!r} is in groups {out[image]!r} and {group!r}."
+                )
+    if not out:
+        raise DataCheckError(f"groups CSV {path} lists no image.")
+    return out
+
+
+def _group_keys(items: Sequence[dict], groups: Mapping[str, Any] | Callable[[str], Any]) -> list[str]:
+    """Each item's group: ``groups(path)``, or ``groups[path]``, else ``groups[file name]``."""
+    if callable(groups):
+        return [str(groups(it["image"])) for it in items]
+    keys, missing = [], []
+    for it in items:
+        key = groups.get(it["image"], groups.get(os.path.basename(it["image"])))
+        if key is None:
+            missing.append(it["image"])
+        keys.append(str(key))
+    if missing:
+        raise DataCheckError(
+            f"{len(missing)} of {len(items)} images have no group, first: {missing[:3]}; list every image (by path or "
+            "file name) in the groups table."
+        )
+    return keys
+
+
 def _assign(n: int, fractions: Sequence[float]) -> list[int]:
     """Interleave ``n`` ordered units over splits so every prefix follows the fractions (largest deficit first)."""
     counts = [0] * len(fractions)
@@ -214,13 +326,16 @@ def split_datalist(
     group_pattern: str | None = None,
     group_size: int = 1,
     shuffle_groups: bool = True,
+    groups: Mapping[str, Any] | Callable[[str], Any] | None = None,
 ) -> dict[str, list[dict]]:
     """Split items into training/validation/test.
 
-    Without ``group_pattern`` the split is stratified by label with a seeded shuffle per class. With it, all
-    items whose file name gives the same group key (the pattern's first capture group, integer-divided by
-    ``group_size`` when > 1: e.g. ``r"_z(\\d+)_"`` with 10 puts blocks of 10 slices together) land in one
-    split, so related images (same patient, neighbouring slices) never straddle splits.
+    Without ``group_pattern`` or ``groups`` the split is stratified by label with a seeded shuffle per class:
+    images of one patient can then land in several splits. With either, all items of one group land in one
+    split, so related images (same patient, neighbouring slices) never straddle splits; the fractions are then
+    fractions of groups, not stratified by label. The group key is the pattern's first capture group applied to
+    the file name (integer-divided by ``group_size`` when > 1: e.g. ``r"_z(\\d+)_"`` with 10 puts blocks of 10
+    slices together), or what ``groups`` gives for the item's path.
 
     Args:
         items: ``{"image", "label"}`` dicts.
@@ -231,19 +346,25 @@ def split_datalist(
         group_size: integer keys are bucketed by this size.
         shuffle_groups: shuffle groups with ``seed`` (True) or interleave them in key order (False, which
             spreads ordered groups such as slice blocks evenly over the splits).
+        groups: the group of each image (e.g. its patient): a callable ``path -> key``, or a mapping from the
+            image path or file name to its key (:func:`read_groups_csv` reads one from a CSV).
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...]}``.
 
     Raises:
-        ValueError: fractions out of range.
+        ValueError: fractions out of range, or a file name does not match ``group_pattern``.
+        OptionError: both ``group_pattern`` and ``groups`` are given.
+        DataCheckError: ``groups`` is a mapping that lacks an image (names the first ones).
     """
+    if group_pattern is not None and groups is not None:
+        raise OptionError("pass group_pattern or groups to split_datalist, not both.")
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
         raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 and sum < 1.")
     fr = (1 - val_fraction - test_fraction, val_fraction, test_fraction)
     rng = np.random.default_rng(seed)
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    if group_pattern is None:
+    if group_pattern is None and groups is None:
         by_label: dict[int, list[dict]] = {}
         for it in items:
             by_label.setdefault(int(np.asarray(it["label"]).argmax()) if np.ndim(it["label"]) else int(it["label"]), []).append(it)
@@ -255,14 +376,19 @@ def split_datalist(
             out["test"] += group[n_val : n_val + n_test]
             out["training"] += group[n_val + n_test :]
     else:
-        groups: dict[str, list[dict]] = {}
-        for it in items:
-            groups.setdefault(_group_key(it["image"], group_pattern, group_size), []).append(it)
-        keys = sorted(groups, key=lambda k: (len(k), k))
+        item_keys = (
+            _group_keys(items, groups)
+            if groups is not None
+            else [_group_key(it["image"], group_pattern, group_size) for it in items]
+        )
+        members: dict[str, list[dict]] = {}
+        for it, key in zip(items, item_keys):
+            members.setdefault(key, []).append(it)
+        keys = sorted(members, key=lambda k: (len(k), k))
         if shuffle_groups:
             keys = [keys[i] for i in rng.permutation(len(keys))]
         for key, split in zip(keys, _assign(len(keys), fr)):
-            out[SPLITS[split]] += groups[key]
+            out[SPLITS[split]] += members[key]
     for s in SPLITS:
         out[s].sort(key=lambda it: it["image"])
     return out

@@ -117,6 +117,9 @@ class TrainingCurvePlotter:
         os.makedirs(out_dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".png")
         os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would make it; mkstemp's 0600 hides the plot from the group
         try:
             fig.savefig(tmp, dpi=100)
             os.replace(tmp, self.filename)

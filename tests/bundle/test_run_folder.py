@@ -70,5 +70,5 @@ def test_checkpoint_without_fingerprint_is_refused(tmp_path):
 def test_unwritable_folder_is_found_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")  # a folder below a regular file cannot be created, even as root
-    with pytest.raises(OutputFolderError, match="cannot write to the output folder"):
+    with pytest.raises(OutputFolderError, match="not writable"):
         prepare_run_folder(str(blocker / "models"), str(tmp_path / "e"), resume=False, overwrite=False)

@@ -3,10 +3,14 @@
 import json
 import os
 import re
+import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from monai_rd.data import BTC_CLASSES, btc_datalist
+from monai_rd.data import BTC_CLASSES, btc_datalist, check_datalist
+from monai_rd.errors import DataCheckError
 
 ABBREV = {"glioma": "gl", "meningioma": "me", "notumor": "no", "pituitary": "pi"}
 
@@ -58,3 +62,58 @@ def test_wrong_layout_messages(tmp_path):
     with pytest.raises(FileNotFoundError, match="notumor") as e:
         btc_datalist(str(root))
     assert "no_tumor" in str(e.value)
+
+
+def test_split_by_patient_with_a_groups_csv(tmp_path):
+    root = _make(tmp_path / "btc", n_train=13)
+    # the Kaggle names hold no patient id: a table gives it (here 4 to 5 slices per patient, interleaved)
+    rows = ["image,group"]
+    for cls in BTC_CLASSES:
+        rows += [f"Tr-{ABBREV[cls]}_{i:04d}.jpg,{cls}-patient{i % 3}" for i in range(13)]
+    csv_path = tmp_path / "patients.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    patient = dict(r.split(",") for r in rows[1:])
+    dl = tmp_path / "models" / "datalist.json"
+    out = btc_datalist(str(root), str(dl), seed=0, val_fraction=0.25, groups=str(csv_path))
+    sides = {}
+    for split in ("training", "validation"):
+        for it in out[split]:
+            sides.setdefault(patient[os.path.basename(it["image"])], set()).add(split)
+    assert len(sides) == 12 and all(len(v) == 1 for v in sides.values())
+    assert sum(v == {"validation"} for v in sides.values()) == 3  # a quarter of the patients
+    assert len(out["test"]) == 8
+    assert json.load(open(dl))["split_by"] == "group"
+    assert btc_datalist(str(root), str(dl), seed=0, val_fraction=0.25, groups=str(csv_path)) == out
+    # by image, slices of one patient do land on both sides: the leak the groups remove
+    by_image = btc_datalist(str(root), None, seed=0, val_fraction=0.25)
+    mixed = {patient[os.path.basename(it["image"])] for it in by_image["validation"]} & {
+        patient[os.path.basename(it["image"])] for it in by_image["training"]
+    }
+    assert mixed
+    # a split saved by image is not silently reused once patients are known
+    by_image_json = tmp_path / "by_image.json"
+    btc_datalist(str(root), str(by_image_json), seed=0, val_fraction=0.25)
+    with pytest.raises(DataCheckError, match=r"split_by='image', not 'group'; delete it to re-split"):
+        btc_datalist(str(root), str(by_image_json), seed=0, val_fraction=0.25, groups=str(csv_path))
+    saved = json.load(open(by_image_json))
+    del saved["split_by"]  # written before splits recorded how they were made
+    by_image_json.write_text(json.dumps(saved))
+    with pytest.raises(DataCheckError, match=r"split_by=None, not 'group'"):
+        btc_datalist(str(root), str(by_image_json), seed=0, val_fraction=0.25, groups=str(csv_path))
+    csv_path.write_text("\n".join(rows[:-1]) + "\n")  # the last pituitary slice has no patient
+    with pytest.raises(DataCheckError, match=r"1 of 52 images have no group, first: .*Tr-pi_0012.jpg"):
+        btc_datalist(str(root), None, groups=str(csv_path))
+
+
+def test_duplicate_between_training_and_testing_is_refused(tmp_path):
+    root = _make(tmp_path / "btc", n_train=4, n_test=1)
+    rng = np.random.default_rng(0)
+    for path in sorted(root.rglob("*.jpg")):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(path)
+    leaked = root / "Training" / "glioma" / "Tr-gl_0003.jpg"
+    shutil.copy(leaked, root / "Testing" / "glioma" / "Te-gl_0000.jpg")  # the same image under another name
+    out = btc_datalist(str(root), None, seed=0, val_fraction=0.25)
+    with pytest.raises(DataCheckError, match=r"the same pixels in (training|validation) and test") as e:
+        check_datalist(out, BTC_CLASSES)
+    assert str(leaked) in str(e.value) and str(root / "Testing" / "glioma" / "Te-gl_0000.jpg") in str(e.value)
+    assert str(e.value).startswith("1 problem(s)")

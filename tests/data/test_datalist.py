@@ -1,12 +1,22 @@
 import json
 import os
 import re
+import stat
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from monai_rd.data import list_class_folder, list_images, make_class_folder_datalist, split_datalist
+from monai_rd.data import (
+    list_class_folder,
+    list_images,
+    load_json,
+    make_class_folder_datalist,
+    read_groups_csv,
+    split_datalist,
+    write_json_atomic,
+)
+from monai_rd.errors import DataCheckError, OptionError
 
 
 def _folder(tmp_path, counts=None, names=lambda c, i: f"{c}_{i:03d}.png"):
@@ -71,3 +81,72 @@ def test_layout_errors_name_what_is_missing(tmp_path):
     assert len(list_images(str(tmp_path))) == 2
     with pytest.raises(FileNotFoundError, match="no image"):
         list_images(str(tmp_path / "e"))
+
+
+def test_split_by_groups_keeps_each_group_in_one_split(tmp_path):
+    items = [{"image": f"/d/{c}/{c}_{i:03d}.png", "label": k} for k, c in enumerate("ab") for i in range(30)]
+    patient = {os.path.basename(it["image"]): f"p{(i * 7) % 12}" for i, it in enumerate(items)}  # 12 mixed groups
+    for groups in (patient, lambda path: patient[os.path.basename(path)]):
+        out = split_datalist(items, 0.25, 0.25, seed=1, groups=groups)
+        where = {}
+        for s, split in out.items():
+            for it in split:
+                where.setdefault(patient[os.path.basename(it["image"])], set()).add(s)
+        assert all(len(v) == 1 for v in where.values()) and len(where) == 12
+        assert all(out[s] for s in out)
+        assert sorted(i["image"] for s in out.values() for i in s) == sorted(i["image"] for i in items)
+    # without groups the same items straddle: the check above is not vacuous
+    plain = split_datalist(items, 0.25, 0.25, seed=1)
+    spread = {}
+    for s, split in plain.items():
+        for it in split:
+            spread.setdefault(patient[os.path.basename(it["image"])], set()).add(s)
+    assert any(len(v) > 1 for v in spread.values())
+    with pytest.raises(DataCheckError, match=r"1 of 60 images have no group, first: \['/d/a/a_000.png'\]"):
+        split_datalist(items, groups={k: v for k, v in patient.items() if k != "a_000.png"})
+    with pytest.raises(OptionError, match="not both"):
+        split_datalist(items, group_pattern=r"_(\d+)", groups=patient)
+
+
+def test_read_groups_csv(tmp_path):
+    csv_path = tmp_path / "groups.csv"
+    csv_path.write_text("image,group,extra\nTr-gl_0001.jpg,pat1,x\nTr-gl_0002.jpg, pat1 ,y\n")
+    assert read_groups_csv(str(csv_path)) == {"Tr-gl_0001.jpg": "pat1", "Tr-gl_0002.jpg": "pat1"}
+    csv_path.write_text("file,patient\na.jpg,p\n")
+    with pytest.raises(DataCheckError, match=r"lacks the column\(s\) \['image', 'group'\]"):
+        read_groups_csv(str(csv_path))
+    csv_path.write_text("image,group\na.jpg,p1\na.jpg,p2\n")
+    with pytest.raises(DataCheckError, match=r"line 3: 'a.jpg' is in groups 'p1' and 'p2'"):
+        read_groups_csv(str(csv_path))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_write_json_atomic_honours_the_umask_and_keeps_an_existing_mode(tmp_path, umask):
+    path = tmp_path / "sub" / "m.json"
+    old = os.umask(umask)
+    try:
+        write_json_atomic({"a": 1}, str(path))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+    assert json.load(open(path)) == {"a": 1}
+    os.chmod(path, 0o640)
+    write_json_atomic({"a": 2}, str(path))  # a rewrite keeps the file's mode, as open(path, "w") does
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640 and json.load(open(path)) == {"a": 2}
+    assert os.listdir(path.parent) == ["m.json"]  # no temporary file left
+
+
+def test_malformed_saved_datalist_is_named_with_its_position(tmp_path):
+    folder = _folder(tmp_path / "d", {"a": 4, "b": 4})
+    dl = tmp_path / "split.json"
+    text = '{"classes": ["a", "b"], "training": [}'
+    dl.write_text(text)
+    column = text.index("}") + 1  # 1-based, at the stray brace
+    with pytest.raises(DataCheckError, match=rf"datalist {dl} is not valid JSON \(.* at line 1, column {column}\)"):
+        make_class_folder_datalist(str(folder), ["a", "b"], str(dl))
+    no_image = {"classes": ["a", "b"], "training": [{"img": "a/a_000.png"}], "validation": [], "test": []}
+    dl.write_text(json.dumps(no_image))
+    with pytest.raises(DataCheckError, match=r"split 'training' item 0 has no 'image' path; delete it to re-split"):
+        make_class_folder_datalist(str(folder), ["a", "b"], str(dl))
+    with pytest.raises(DataCheckError, match=r"datalist .*nowhere.json does not exist"):
+        load_json(str(tmp_path / "nowhere.json"), what="datalist")
