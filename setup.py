@@ -19,6 +19,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["monai_rd", "monai_rd.*"]),
+    package_data={"monai_rd.bundle": ["recipes/*/*.json"]},
     python_requires=">=3.9",
     # lower bounds only: an exact or newer-than-installed torch would pull a multi-GB build
     install_requires=[

@@ -1,6 +1,7 @@
 """Generate each bundle's ``train.json``, ``evaluate.json`` and ``inference.json`` from the one shared RD recipe.
 
-The recipe (``monai_rd/bundle/recipe/*.json``) holds everything the bundles share: the RD trainer, losses,
+A recipe (``monai_rd/bundle/recipes/<kind>/*.json``; ``classification`` unless ``overrides.json`` names another
+under ``"recipe"``) holds everything the bundles share: the RD trainer, losses,
 schedules, checkpoints, resume, metrics and typed options. A bundle's ``configs/overrides.json`` holds only what
 is specific to its dataset, teacher and student; the generated files are complete, self-contained MONAI bundle
 configs, so ``python -m monai.bundle run --config_file bundles/<name>/configs/train.json`` needs nothing else.
@@ -28,9 +29,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["GENERATED", "RECIPE_DIR", "generate_bundle", "main", "set_by_id"]
+__all__ = ["DEFAULT_RECIPE", "GENERATED", "RECIPES_DIR", "generate_bundle", "main", "set_by_id"]
 
-RECIPE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipe")
+RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
+DEFAULT_RECIPE = "classification"
 GENERATED = ("train.json", "evaluate.json", "inference.json")
 SECTIONS = ("common", "train", "evaluate", "inference")
 _HEADER = (
@@ -122,13 +124,16 @@ def generate_bundle(bundle_dir: str) -> dict[str, str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} is missing: every generated bundle needs its overrides.json.")
     overrides = _load(path)
-    unknown = sorted(set(overrides) - set(SECTIONS) - {"_desc_"})
+    unknown = sorted(set(overrides) - set(SECTIONS) - {"_desc_", "recipe"})
     if unknown:
         raise KeyError(f"{path}: unknown section(s) {unknown}; use {list(SECTIONS)}.")
+    recipe_dir = os.path.join(RECIPES_DIR, overrides.get("recipe", DEFAULT_RECIPE))
+    if not os.path.isdir(recipe_dir):
+        raise KeyError(f"{path}: unknown recipe {overrides['recipe']!r}; choose one of {sorted(os.listdir(RECIPES_DIR))}.")
     out = {}
     for fname in GENERATED:
         kind = fname[: -len(".json")]
-        config = _substitute(_load(os.path.join(RECIPE_DIR, fname)), bundle_path)
+        config = _substitute(_load(os.path.join(recipe_dir, fname)), bundle_path)
         if kind != "evaluate":
             config["bundle_root"] = bundle_path
             common = overrides.get("common", {})
