@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
+from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from monai_rd.errors import NonFiniteError
 from monai_rd.losses.rd import RDLoss
 
 __all__ = ["RDTrainer", "RD_OUTPUT_KEYS"]
@@ -31,6 +35,21 @@ class RDTrainer(SupervisedTrainer):
     and ``beta``. With ``teacher=None`` and no precomputed features, the student is trained alone (CE only):
     the baseline RD is compared against.
 
+    The teacher is frozen here whatever was passed (a :class:`~monai_rd.networks.FrozenTeacher` or a plain
+    ``nn.Module``): its parameters stop requiring grad, it runs under ``torch.no_grad()`` and is put back in eval
+    mode before every forward (so a handler calling ``train()`` cannot let BatchNorm statistics or dropout
+    change), and an optimizer holding any of its parameters is refused. It is moved to the trainer's device only
+    when a batch first needs it, so a teacher whose features a cache serves never leaves where it was built.
+
+    An iteration stops with :class:`~monai_rd.errors.NonFiniteError` when the loss is NaN/Inf (checked before
+    the backward pass; the message gives the iteration, every loss term and the batch's files), when the clipped
+    gradient norm is non-finite (before the optimizer step), or when a trainable parameter or a floating-point
+    buffer of the student or Phi is non-finite after the step (one fused reduction, one host sync). The error is
+    raised inside the iteration, so no ``ITERATION_COMPLETED``/``EPOCH_COMPLETED`` handler (a checkpoint saver)
+    runs on a diverged model; a handler that saves on ``EXCEPTION_RAISED`` must itself skip this error, since the
+    student's BatchNorm statistics already saw the batch. With AMP, a step the ``GradScaler`` skips for inf/NaN
+    gradients is normal and raises nothing.
+
     Args:
         device: device to train on.
         max_epochs: epochs to train.
@@ -39,7 +58,8 @@ class RDTrainer(SupervisedTrainer):
             :class:`~monai_rd.networks.StudentClassifier`).
         optimizer: optimizer over the student's and Phi's parameters.
         loss_function: an :class:`~monai_rd.losses.RDLoss`.
-        teacher: the frozen teacher (a :class:`~monai_rd.networks.FrozenTeacher`), or None.
+        teacher: the teacher (a :class:`~monai_rd.networks.FrozenTeacher`, or any ``nn.Module``, which is frozen
+            in place as described above), or None.
         reprogrammer: Phi (a :class:`~monai_rd.networks.ReprogrammingNet`); required with a teacher.
         teacher_input_key: batch key of a separate teacher input (e.g. a higher-resolution view); None feeds the
             student's image to the teacher, which resizes it itself.
@@ -50,12 +70,17 @@ class RDTrainer(SupervisedTrainer):
             trainer's device.
         teacher_index_key: batch key of those row indices.
         grad_clip_norm: clip the global gradient norm to this value before each optimizer step.
+        source_key: batch key of the images' source paths (e.g. from ``CopyItemsd(keys="image",
+            names="image_path")`` placed before loading), named when a batch makes the loss non-finite; without it
+            the image's MetaTensor ``filename_or_obj`` is used.
         kwargs: other :class:`monai.engines.SupervisedTrainer` arguments (``amp``, ``accumulation_steps``,
             ``train_handlers``, ``key_train_metric``, ...).
 
     Raises:
         ValueError: the network lacks ``forward_features``/``classify``, a teacher is given without Phi, Phi's
-            parameters are not in the optimizer, or the loss is not an RDLoss.
+            parameters are not in the optimizer, the optimizer holds teacher parameters, or the loss is not an
+            RDLoss.
+        NonFiniteError: (while running) a non-finite loss, gradient norm or weight, as described above.
     """
 
     def __init__(
@@ -73,6 +98,7 @@ class RDTrainer(SupervisedTrainer):
         grad_clip_norm: float | None = None,
         feature_cache: Any | None = None,
         teacher_index_key: str = "teacher_feature_index",
+        source_key: str = "image_path",
         **kwargs: Any,
     ) -> None:
         for attr in ("forward_features", "classify"):
@@ -85,8 +111,18 @@ class RDTrainer(SupervisedTrainer):
             raise ValueError(f"loss_function must be a monai_rd.losses.RDLoss, got {type(loss_function).__name__}.")
         if teacher is not None and reprogrammer is None:
             raise ValueError("a teacher needs a reprogrammer (Phi) to map its features; pass reprogrammer=.")
+        in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if teacher is not None:
+            held = [n for n, p in teacher.named_parameters() if id(p) in in_opt]
+            if held:
+                raise ValueError(
+                    f"the optimizer holds {len(held)} parameter(s) of the frozen teacher ({', '.join(held[:5])}"
+                    f"{', ...' if len(held) > 5 else ''}); build it over list(network.parameters()) + "
+                    "list(reprogrammer.parameters()) only."
+                )
+            teacher.requires_grad_(False)
+            teacher.eval()
         if reprogrammer is not None:
-            in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
             missing = [n for n, p in reprogrammer.named_parameters() if p.requires_grad and id(p) not in in_opt]
             if missing:
                 raise ValueError(
@@ -102,13 +138,15 @@ class RDTrainer(SupervisedTrainer):
             loss_function=loss_function,
             **kwargs,
         )
-        self.teacher = teacher.to(device) if teacher is not None else None
+        self.teacher = teacher  # moved to the device by _live_teacher, when a batch first needs it
+        self._teacher_on_device = False
         self.reprogrammer = reprogrammer.to(device) if reprogrammer is not None else None
         self.teacher_input_key = teacher_input_key
         self.teacher_feature_key = teacher_feature_key
         self.grad_clip_norm = grad_clip_norm
         self.feature_cache = feature_cache
         self.teacher_index_key = teacher_index_key
+        self.source_key = source_key
 
     def teacher_features(self, batchdata: dict, inputs: torch.Tensor) -> torch.Tensor | None:
         """Teacher features for a batch, without grad.
@@ -138,7 +176,97 @@ class RDTrainer(SupervisedTrainer):
                 raise KeyError(f"teacher_input_key {self.teacher_input_key!r} is not in the batch ({list(batchdata)}).")
             x = torch.as_tensor(batchdata[self.teacher_input_key]).to(self.state.device, non_blocking=self.non_blocking)
         with torch.no_grad():
-            return self.teacher(x).detach()
+            return self._live_teacher()(x).detach()
+
+    def _live_teacher(self) -> nn.Module:
+        """The teacher on the trainer's device, in eval mode."""
+        teacher: nn.Module = self.teacher  # type: ignore[assignment]
+        if not self._teacher_on_device:
+            # not at construction: a teacher whose features the cache serves (possibly a huge one) stays put
+            teacher.to(self.state.device)
+            self._teacher_on_device = True
+        teacher.eval()  # every time: a handler may have called train() on it
+        return teacher
+
+    def _where(self) -> str:
+        it, epoch, length = self.state.iteration, self.state.epoch, self.state.epoch_length
+        local = f", iteration {(it - 1) % length + 1} of {length} in the epoch" if length else ""
+        return f"iteration {it} (epoch {epoch}{local})"
+
+    def _terms(self) -> str:
+        out = self.state.output
+        loss_fn: RDLoss = self.loss_function  # type: ignore[assignment]
+        values = {k: float(torch.as_tensor(out[k]).detach()) for k in RD_OUTPUT_KEYS[:5] if k in out}
+        values.update(alpha=loss_fn.alpha, beta=loss_fn.beta)
+        return ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+
+    def _batch_sources(self, batchdata: Any, inputs: torch.Tensor) -> str:
+        """The batch's source files, and which of them hold non-finite input values, for error messages."""
+        names: Any = None
+        if isinstance(batchdata, Mapping):
+            if self.source_key in batchdata:
+                names = batchdata[self.source_key]
+            elif isinstance(batchdata.get(Keys.IMAGE), MetaTensor):
+                names = batchdata[Keys.IMAGE].meta.get("filename_or_obj")
+        if isinstance(names, (str, os.PathLike)):
+            names = [names]
+        x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        bad = []
+        if x.is_floating_point():
+            bad = (~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero().flatten().tolist()
+        if not isinstance(names, (list, tuple)) or len(names) != x.shape[0]:
+            text = (
+                f"the batch's file names are unknown (put the source paths under {self.source_key!r}, e.g. with "
+                f"CopyItemsd(keys='image', names={self.source_key!r}) before loading, or load MetaTensors)"
+            )
+            return text + (f"; samples {bad} of the batch have NaN/Inf input values" if bad else "")
+        text = "files: " + ", ".join(str(n) for n in names)
+        return text + (f"; NaN/Inf input values in: {', '.join(str(names[i]) for i in bad)}" if bad else "")
+
+    def _check_finite_loss(self, batchdata: Any, inputs: torch.Tensor) -> None:
+        if bool(torch.isfinite(self.state.output[Keys.LOSS])):  # the one host sync before backward
+            return
+        raise NonFiniteError(
+            f"non-finite loss at {self._where()}: {self._terms()}; {self._batch_sources(batchdata, inputs)}. "
+            "Training stopped before the backward pass and the optimizer step of this batch. Check these images "
+            "for NaN/Inf values, or lower the learning rate if the loss grew over the previous iterations."
+        )
+
+    def _check_finite_grad_norm(self, total_norm: torch.Tensor, batchdata: Any, inputs: torch.Tensor) -> None:
+        if bool(torch.isfinite(total_norm)):
+            return
+        raise NonFiniteError(
+            f"non-finite gradient norm ({float(total_norm)}) at {self._where()} with a finite loss: {self._terms()}; "
+            f"{self._batch_sources(batchdata, inputs)}. Training stopped before the optimizer step; lower the "
+            "learning rate, or look for operations with unbounded gradients in the model (e.g. sqrt or log at 0)."
+        )
+
+    @torch.no_grad()
+    def _check_finite_weights(self, batchdata: Any, inputs: torch.Tensor) -> None:
+        modules = [m for m in (self.network, self.reprogrammer) if m is not None]
+        tensors = [p for g in self.optimizer.param_groups for p in g["params"]]
+        tensors += [b for m in modules for b in m.buffers() if b.is_floating_point()]
+        if not tensors:
+            return
+        # max |w| per tensor in one fused kernel (a norm of order 2 would overflow for large finite weights)
+        finite = torch.stack([m.float() for m in torch._foreach_norm(tensors, float("inf"))]).isfinite()
+        if bool(finite.all()):  # one host sync per step
+            return
+        first = tensors[int((~finite).nonzero()[0])]
+        names = {
+            id(t): f"{prefix}.{n}"
+            for prefix, m in (("network", self.network), ("reprogrammer", self.reprogrammer))
+            if m is not None
+            for n, t in [*m.named_parameters(), *m.named_buffers()]
+        }
+        lrs = dict.fromkeys(str(g.get("lr")) for g in self.optimizer.param_groups)
+        raise NonFiniteError(
+            f"non-finite weights after the optimizer step at {self._where()}: the first is "
+            f"{names.get(id(first), 'an optimizer parameter outside network and reprogrammer')!r} (learning rate "
+            f"{', '.join(lrs)}); loss terms of the batch: {self._terms()}; "
+            f"{self._batch_sources(batchdata, inputs)}. Training stopped before any handler could save these weights; "
+            "lower the learning rate or set grad_clip_norm."
+        )
 
     def _accumulation_flags(self, engine: RDTrainer) -> tuple[bool, bool]:
         acc = engine.accumulation_steps
@@ -187,11 +315,11 @@ class RDTrainer(SupervisedTrainer):
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
         use_scaler = engine.amp and engine.scaler is not None
-        if use_scaler:
-            with torch.autocast("cuda", **engine.amp_kwargs):
-                _compute()
-        else:
+        # MONAI autocasts on "cuda" only; on other devices that context would do nothing but warn
+        on_cuda = torch.device(engine.state.device).type == "cuda"
+        with torch.autocast("cuda", **engine.amp_kwargs) if use_scaler and on_cuda else contextlib.nullcontext():
             _compute()
+        engine._check_finite_loss(batchdata, inputs)
         loss = engine.state.output[Keys.LOSS]
         scaled = loss / acc if acc > 1 else loss
         (engine.scaler.scale(scaled) if use_scaler else scaled).backward()  # type: ignore[union-attr]
@@ -200,12 +328,15 @@ class RDTrainer(SupervisedTrainer):
             if engine.grad_clip_norm is not None:
                 if use_scaler:
                     engine.scaler.unscale_(engine.optimizer)  # type: ignore[union-attr]
-                torch.nn.utils.clip_grad_norm_(engine._trainable_parameters(), engine.grad_clip_norm)
+                total_norm = torch.nn.utils.clip_grad_norm_(engine._trainable_parameters(), engine.grad_clip_norm)
+                if not use_scaler:  # with a GradScaler, inf/NaN gradients only make it skip this step
+                    engine._check_finite_grad_norm(total_norm, batchdata, inputs)
             if use_scaler:
                 engine.scaler.step(engine.optimizer)  # type: ignore[union-attr]
                 engine.scaler.update()  # type: ignore[union-attr]
             else:
                 engine.optimizer.step()
+            engine._check_finite_weights(batchdata, inputs)
         engine.state.output["alpha"] = torch.tensor(loss_fn.alpha)
         engine.state.output["beta"] = torch.tensor(loss_fn.beta)
         for k in RD_OUTPUT_KEYS[:5]:

@@ -12,9 +12,17 @@ __all__ = ["DistillKLLoss"]
 class DistillKLLoss(_Loss):
     """``tau^2 * KL(p_teacher || p_student)`` with temperature-softened distributions (Hinton et al. 2015).
 
-    The ``tau^2`` factor keeps the gradient scale independent of the temperature. With ``multi_label=True``
-    each class is an independent Bernoulli (sigmoid) and the per-class binary KL terms are summed over
-    classes, so the loss suits multi-label tasks.
+    The ``tau^2`` factor keeps the gradient scale independent of the temperature.
+
+    Single-label (default): ``p`` and ``q`` are softmax distributions over the C classes and the loss is the
+    usual ``sum_c p_c log(p_c / q_c)``, averaged over the batch.
+
+    Multi-label (``multi_label=True``): each class is an independent Bernoulli (sigmoid) and the loss is the
+    binary KL **averaged** over the C classes and the batch. The mean, not the sum, keeps KD on the scale of
+    ``binary_cross_entropy_with_logits`` (which also averages over classes) whatever C is; summing would weight
+    KD C times more than the task loss (14x for ChestX-ray14). For one binary output (C = 1) the mean is the
+    sum, and the loss equals the single-label loss on the two-class logits ``(0, z)``, since
+    ``sigmoid(z) = softmax((0, z))[1]``. The single-label loss is unaffected by this choice.
 
     Args:
         tau: softmax temperature (> 0).
@@ -40,7 +48,7 @@ class DistillKLLoss(_Loss):
             target: teacher(-branch) logits (B, C).
 
         Returns:
-            Scalar tensor, averaged over the batch.
+            Scalar tensor, averaged over the batch (and over the classes when ``multi_label``).
 
         Raises:
             ValueError: the two logit tensors differ in shape.
@@ -56,7 +64,7 @@ class DistillKLLoss(_Loss):
             log_p1, log_p0 = F.logsigmoid(t), F.logsigmoid(-t)
             p1 = log_p1.exp()
             kl = p1 * (log_p1 - log_q1) + (1 - p1) * (log_p0 - log_q0)
-            return kl.sum(dim=1).mean() * self.tau**2
+            return kl.mean() * self.tau**2  # mean over classes as well as the batch, like BCE
         log_q = F.log_softmax(s, dim=1)
         log_p = F.log_softmax(t, dim=1)
         return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * self.tau**2

@@ -19,7 +19,8 @@ class RDLoss(_Loss):
 
     ``alpha`` and ``beta`` are plain attributes, so a ``monai.handlers.ParamSchedulerHandler`` can decay them
     during training (the paper decays both linearly from 1 to 0). With ``multi_label=True`` both CE terms
-    become ``BCEWithLogits`` and KD uses per-class sigmoid distributions.
+    become ``BCEWithLogits`` and KD uses per-class sigmoid distributions; both average over the classes, so
+    their balance does not depend on the number of classes (see :class:`~monai_rd.losses.DistillKLLoss`).
 
     When the teacher-branch tensors are ``None`` (student trained alone) only the student CE term is computed.
 
