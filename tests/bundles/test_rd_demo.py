@@ -1,123 +1,167 @@
-"""A tiny run of the demo bundle through monai.bundle: train, evaluate, export, infer, resume."""
+"""The demo bundle end to end on a subset of its real data: training outputs, schedules, evaluation, resume."""
 
 import csv
 import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
+from ignite.engine import Events
 
 import monai.bundle
+
+from monai_rd.errors import CheckpointMismatchError, OutputFolderError, find_rd_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundles", "rd_demo")
 CONFIGS = os.path.join(BUNDLE, "configs")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A small subset of the real demo split (real MRI patches, real EfficientNet-Lite0 teacher)."""
-    tmp = tmp_path_factory.mktemp("rd_demo")
+def _subset(path, per_class):
     full = json.load(open(os.path.join(CONFIGS, "datalist.json")))
-    per_class = {"training": 4, "validation": 2, "test": 2}
     sub = {"classes": full["classes"], "seed": full["seed"]}
     for split, k in per_class.items():
         sub[split] = [it for c in range(len(full["classes"])) for it in [i for i in full[split] if i["label"] == c][:k]]
-    with open(tmp / "datalist.json", "w") as f:
+    with open(path, "w") as f:
         json.dump(sub, f)
+    return sub
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Two epochs on a small subset of the real demo split (real MRI patches, real EfficientNet-Lite0 teacher)."""
+    tmp = tmp_path_factory.mktemp("rd_demo")
+    sub = _subset(tmp / "datalist.json", {"training": 4, "validation": 2, "test": 2})
     overrides = {
         "bundle_root": BUNDLE,
-        "dataset_dir": os.path.join(BUNDLE, "data"),
         "datalist_json": str(tmp / "datalist.json"),
         "ckpt_dir": str(tmp / "models"),
         "output_dir": str(tmp / "eval"),
         "epochs": 2,
         "batch_size": 5,
     }
-    monai.bundle.run(config_file=os.path.join(CONFIGS, "train.json"), **overrides)
-    return tmp, overrides, sub
+    workflow = monai.bundle.ConfigWorkflow(config_file=os.path.join(CONFIGS, "train.json"), workflow_type="train",
+                                           **overrides)
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    weights = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: weights.append((e.loss_function.alpha, e.loss_function.beta))
+    )
+    workflow.run()
+    return tmp, overrides, sub, weights
 
 
 def test_training_writes_model_metrics_and_curve(tiny):
-    tmp, _, _ = tiny
+    tmp, _, _, _ = tiny
     assert os.path.isfile(tmp / "models" / "model.pt")
-    assert os.path.isfile(tmp / "models" / "checkpoint_final.pt")
+    assert sorted(p for p in os.listdir(tmp / "models") if p.startswith("checkpoint")) == ["checkpoint_epoch=2.pt"]
     assert os.path.getsize(tmp / "eval" / "training_curve.png") > 1000
     val = json.load(open(tmp / "eval" / "val_metrics.json"))
     assert [h["epoch"] for h in val["history"]] == [1, 2]
-    assert 0.0 <= val["final"]["accuracy"] <= 1.0
-    cm = torch.tensor(val["final"]["confusion_matrix"])
-    assert cm.shape == (5, 5) and cm.sum() == 10  # 2 validation images per class
-    ckpt = torch.load(tmp / "models" / "checkpoint_final.pt", weights_only=False)
-    assert {"network", "reprogrammer", "optimizer", "trainer", "lr_scheduler"} <= set(ckpt)
+    for h in val["history"]:  # accuracy is the confusion matrix's trace over its sum, 2 validation images per class
+        cm = torch.tensor(h["confusion_matrix"])
+        assert cm.shape == (5, 5) and cm.sum() == 10 and cm.sum(1).tolist() == [2] * 5
+        assert h["accuracy"] == pytest.approx(float(cm.trace()) / 10)
+    best = max(val["history"], key=lambda h: h["accuracy"])
+    assert val["best_metric"] == pytest.approx(best["accuracy"]) and val["best_metric_epoch"] == best["epoch"]
+    ckpt = torch.load(tmp / "models" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert {"network", "reprogrammer", "optimizer", "trainer", "lr_scheduler", "run_state"} <= set(ckpt)
     assert not any(k.startswith("teacher") for k in ckpt["network"])  # the teacher is never saved
+    assert oct(os.stat(tmp / "eval" / "val_metrics.json").st_mode & 0o777) != oct(0o600)
 
 
-def test_evaluate_reports_test_split_from_selected_checkpoint(tiny):
-    tmp, overrides, _ = tiny
+def test_alpha_beta_decay_from_one_to_zero_over_the_real_run(tiny):
+    _, _, _, weights = tiny
+    n = 2 * 4  # 2 epochs of 20 training images in batches of 5
+    assert len(weights) == n
+    expected = [1.0 - i / n for i in range(1, n + 1)]  # set before each iteration from its number
+    assert [a for a, _ in weights] == pytest.approx(expected) and [b for _, b in weights] == pytest.approx(expected)
+    assert weights[-1] == (0.0, 0.0)
+
+
+def test_evaluation_equals_the_deployed_models_predictions(tiny, tmp_path):
+    tmp, overrides, sub, _ = tiny
     monai.bundle.run(config_file=[os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json")], **overrides)
     test = json.load(open(tmp / "eval" / "test_metrics.json"))
-    assert test["split"] == "test"
-    assert test["checkpoint"].endswith("model.pt")
+    assert test["split"] == "test" and test["checkpoint"].endswith("model.pt") and "best_metric_epoch" not in test
     assert torch.tensor(test["final"]["confusion_matrix"]).sum() == 10
-    assert len(test["final"]["recall_per_class"]) == 5
-
-
-def test_export_matches_eager_and_inference_writes_probabilities(tiny):
-    tmp, overrides, sub = tiny
-    ts_path = str(tmp / "model.ts")
-    monai.bundle.ckpt_export(
-        net_id="network_def",
-        filepath=ts_path,
-        ckpt_file=str(tmp / "models" / "model.pt"),
-        meta_file=os.path.join(CONFIGS, "metadata.json"),
-        config_file=os.path.join(CONFIGS, "inference.json"),
-        bundle_root=BUNDLE,
-    )
-    scripted = torch.jit.load(ts_path)
-    parser = monai.bundle.ConfigParser()
-    parser.read_config(os.path.join(CONFIGS, "inference.json"))
-    eager = parser.get_parsed_content("network_def")
-    eager.load_state_dict(torch.load(tmp / "models" / "model.pt", weights_only=True))
-    eager.eval()
-    x = torch.rand(3, 1, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), eager(x), rtol=1e-4, atol=1e-5)
-
-    images = tmp / "images"
+    # the same test images through inference.json: its argmax accuracy is the evaluation's accuracy
+    images = tmp_path / "images"
     images.mkdir()
-    for it in sub["test"][:3]:
-        src = os.path.join(BUNDLE, "data", it["image"])
-        (images / os.path.basename(src)).write_bytes(open(src, "rb").read())
-    monai.bundle.run(
-        config_file=os.path.join(CONFIGS, "inference.json"),
-        bundle_root=BUNDLE,
-        ckpt_dir=str(tmp / "models"),
-        output_dir=str(tmp / "infer"),
-        input_dir=str(images),
-    )
-    rows = list(csv.reader(open(tmp / "infer" / "predictions.csv")))
-    assert len(rows) == 3
-    probs = torch.tensor([[float(v) for v in r[1:]] for r in rows])
-    assert probs.shape == (3, 5)
-    torch.testing.assert_close(probs.sum(1), torch.ones(3), atol=1e-4, rtol=0)
+    labels = {}
+    for it in sub["test"]:
+        name = os.path.basename(it["image"])
+        (images / name).write_bytes(open(os.path.join(BUNDLE, "data", it["image"]), "rb").read())
+        labels[name] = sub["classes"][it["label"]]
+    monai.bundle.run(config_file=os.path.join(CONFIGS, "inference.json"), bundle_root=BUNDLE, ckpt_dir=str(tmp / "models"),
+                     output_dir=str(tmp_path / "infer"), input_dir=str(images))
+    rows = list(csv.DictReader(open(tmp_path / "infer" / "predictions.csv")))
+    assert len(rows) == 10
+    hits = [r["predicted"] == labels[os.path.basename(r["image"])] for r in rows]
+    assert test["final"]["accuracy"] == pytest.approx(sum(hits) / len(hits))
+    probs = torch.tensor([[float(r[c]) for c in sub["classes"]] for r in rows])
+    torch.testing.assert_close(probs.sum(1), torch.ones(10), atol=1e-4, rtol=0)
 
 
-def test_resume_continues_from_the_final_checkpoint(tiny):
-    tmp, overrides, _ = tiny
-    monai.bundle.run(config_file=os.path.join(CONFIGS, "train.json"), **{**overrides, "epochs": 3, "resume": True})
-    val = json.load(open(tmp / "eval" / "val_metrics.json"))
-    assert [h["epoch"] for h in val["history"]] == [3]  # epochs 1-2 came from the checkpoint
-    ckpt = torch.load(tmp / "models" / "checkpoint_final.pt", weights_only=False)
-    assert ckpt["trainer"]["iteration"] == 3 * ckpt["trainer"]["epoch_length"]
+def test_a_second_run_never_replaces_the_first_silently(tiny):
+    tmp, overrides, _, _ = tiny
+    before = (tmp / "models" / "model.pt").read_bytes()
+    with pytest.raises(Exception) as info:
+        monai.bundle.run(config_file=os.path.join(CONFIGS, "train.json"), **overrides)
+    assert isinstance(find_rd_error(info.value), OutputFolderError)
+    assert (tmp / "models" / "model.pt").read_bytes() == before
+
+
+def test_resume_with_other_settings_is_refused(tiny):
+    tmp, overrides, _, _ = tiny
+    with pytest.raises(Exception) as info:
+        monai.bundle.run(config_file=os.path.join(CONFIGS, "train.json"), **{**overrides, "epochs": 3, "resume": True})
+    err = find_rd_error(info.value)
+    assert isinstance(err, CheckpointMismatchError) and "epochs: checkpoint 2, now 3" in str(err)
 
 
 def test_student_alone_needs_no_teacher(tiny, tmp_path):
-    _, overrides, _ = tiny
+    _, overrides, _, _ = tiny
     # a teacher that cannot be built proves the baseline never builds one
     run = {**overrides, "distill": False, "teacher_name": "no-such-teacher", "epochs": 1,
            "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
     monai.bundle.run(config_file=os.path.join(CONFIGS, "train.json"), **run)
-    ckpt = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)
     assert "reprogrammer" not in ckpt and "network" in ckpt
     assert json.load(open(tmp_path / "eval" / "val_metrics.json"))["distill"] is False
+
+
+def _train_cli(tmp, name, *extra):
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", os.path.join(CONFIGS, "train.json"),
+            "--bundle_root", BUNDLE, "--datalist_json", str(tmp / "datalist.json"), "--epochs", "3", "--batch_size", "5",
+            "--ckpt_dir", str(tmp / name / "models"), "--output_dir", str(tmp / name / "eval"), *extra]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    _subset(tmp_path / "datalist.json", {"training": 4, "validation": 2, "test": 2})
+    subprocess.run(_train_cli(tmp_path, "whole"), check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen(_train_cli(tmp_path, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "models" / "checkpoint_epoch=2.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL during epoch 3 (or while epoch 2's checkpoint is still being renamed into place)
+    proc.wait()
+    assert ckpt.exists(), "the run ended before its second checkpoint"
+    subprocess.run(_train_cli(tmp_path, "killed", "--resume", "true"), check=True, capture_output=True, timeout=600)
+
+    whole = torch.load(tmp_path / "whole" / "models" / "checkpoint_epoch=3.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "killed" / "models" / "checkpoint_epoch=3.pt", weights_only=True)
+    for part in ("network", "reprogrammer", "optimizer"):
+        flat_w, flat_r = torch.utils._pytree.tree_flatten(whole[part])[0], torch.utils._pytree.tree_flatten(resumed[part])[0]
+        assert len(flat_w) == len(flat_r)
+        assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(flat_w, flat_r)), part
+    assert (tmp_path / "whole" / "models" / "model.pt").read_bytes() == (tmp_path / "killed" / "models" / "model.pt").read_bytes()
+    metrics = [json.load(open(tmp_path / r / "eval" / "val_metrics.json")) for r in ("whole", "killed")]
+    assert metrics[0]["history"] == metrics[1]["history"] and len(metrics[1]["history"]) == 3
+    assert sorted(os.listdir(tmp_path / "killed" / "models")) == ["checkpoint_epoch=3.pt", "model.pt"]
