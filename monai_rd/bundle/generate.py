@@ -8,7 +8,8 @@ configs, so ``python -m monai.bundle run --config_file bundles/<name>/configs/tr
 The test suite checks that the committed files equal this generator's output.
 
 ``overrides.json`` has four sections, each a mapping of MONAI config ids (``"train#augmentation"``) to values:
-``common`` (applied to ``train.json`` and ``inference.json``, wherever the id's parent exists), ``train``,
+``common`` (applied to ``train.json`` and ``inference.json``, wherever the id's parent exists; inference takes
+``class_names``, ``image_size``, ``in_channels``, ``multi_label`` and ``student`` from the trained model instead), ``train``,
 ``evaluate`` and ``inference``. An ``imports`` value is appended to the recipe's imports. ``bundle_root`` is set
 to ``bundles/<name>``, and ``<bundle>`` in the recipe's text to that path.
 
@@ -28,6 +29,8 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from monai_rd.bundle.model_spec import USER_FIELDS
 
 __all__ = ["DEFAULT_RECIPE", "GENERATED", "RECIPES_DIR", "generate_bundle", "main", "set_by_id"]
 
@@ -137,7 +140,9 @@ def generate_bundle(bundle_dir: str) -> dict[str, str]:
         if kind != "evaluate":
             config["bundle_root"] = bundle_path
             common = overrides.get("common", {})
-            _apply(config, {k: v for k, v in common.items() if k == "imports" or _has_parent(config, k)})
+            # inference takes the model's own classes, size, channels and student from models/model_meta.json
+            skip = set(USER_FIELDS) if kind == "inference" and "model_spec" in config else set()
+            _apply(config, {k: v for k, v in common.items() if (k == "imports" or _has_parent(config, k)) and k not in skip})
         _apply(config, overrides.get(kind, {}))
         config["_desc_"] = _HEADER + config.get("_desc_", "")
         out[fname] = json.dumps(config, indent=4, ensure_ascii=False) + "\n"

@@ -46,13 +46,14 @@ def test_set_by_id_and_unknown_ids():
 def test_check_mode_reports_a_stale_file(tmp_path, monkeypatch, capsys):
     bundle = tmp_path / "bundles" / "rd_x" / "configs"
     bundle.mkdir(parents=True)
-    (bundle / "overrides.json").write_text(json.dumps({"common": {"image_size": 32}, "train": {"epochs": 2}}))
+    (bundle / "overrides.json").write_text(json.dumps({"common": {"image_size": 32, "batch_size": 8}, "train": {"epochs": 2}}))
     monkeypatch.chdir(tmp_path)
     assert main([]) == 0
     assert all((bundle / f).is_file() for f in GENERATED)
     train = json.loads((bundle / "train.json").read_text())
     infer = json.loads((bundle / "inference.json").read_text())
-    assert train["epochs"] == 2 and train["image_size"] == 32 and infer["image_size"] == 32
+    assert train["epochs"] == 2 and train["image_size"] == 32 and train["batch_size"] == infer["batch_size"] == 8
+    assert infer["image_size"] is None  # inference takes the size the model was trained at
     assert train["bundle_root"] == "bundles/rd_x"
     assert main(["--check"]) == 0
     (bundle / "train.json").write_text("{}")

@@ -1,6 +1,7 @@
 """Every bundle's configs parse, reference only ids they define, and name importable components."""
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -26,10 +27,20 @@ def _walk(obj):
         yield obj
 
 
-def _parser(*files):
+def _parser(*files, **overrides):
     p = ConfigParser()
     p.read_config(list(files))
+    p.update(overrides)
     return p
+
+
+def _trained_spec(configs, ckpt_dir):
+    """models/model_meta.json as training with the bundle's defaults writes it (no training needed)."""
+    from monai_rd.bundle import write_model_spec
+
+    train = _parser(os.path.join(configs, "train.json"))
+    write_model_spec(train.get_parsed_content("model_spec"), str(ckpt_dir))
+    return str(ckpt_dir)
 
 
 def _check_references(parser):
@@ -48,7 +59,7 @@ def test_bundles_exist():
 
 
 @pytest.mark.parametrize("configs", BUNDLES, ids=lambda p: os.path.basename(os.path.dirname(p)))
-def test_bundle_layout_and_references(configs):
+def test_bundle_layout_and_references(configs, tmp_path):
     root = os.path.dirname(configs)
     for f in ("metadata.json", "train.json", "evaluate.json", "inference.json", "logging.conf"):
         assert os.path.isfile(os.path.join(configs, f)), f
@@ -63,7 +74,7 @@ def test_bundle_layout_and_references(configs):
         assert key in train, key
     assert train["train"]["trainer"]["_target_"] == "monai_rd.engines.RDTrainer"
     _check_references(_parser(os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")))
-    infer = _parser(os.path.join(configs, "inference.json"))
+    infer = _parser(os.path.join(configs, "inference.json"), ckpt_dir=_trained_spec(configs, tmp_path))
     _check_references(infer)
     for key in ("network_def", "preprocessing", "postprocessing", "inferer"):
         assert key in infer, key
@@ -81,16 +92,17 @@ def test_bundle_layout_and_references(configs):
 
 
 SCHEMA = os.path.join(REPO, "monai_rd", "bundle", "schema", "metadata_schema.json")
+SCHEMA_MD5 = hashlib.md5(open(SCHEMA, "rb").read()).hexdigest()
 
 
 @pytest.mark.parametrize("configs", BUNDLES, ids=lambda p: os.path.basename(os.path.dirname(p)))
-def test_monai_verifies_metadata_offline_and_network_shapes(configs):
+def test_monai_verifies_metadata_offline_and_network_shapes(configs, tmp_path):
     from monai.bundle import verify_metadata, verify_net_in_out
 
-    # the shipped schema is used as-is (no download): a metadata file lacking a required field fails
-    verify_metadata(meta_file=os.path.join(configs, "metadata.json"), filepath=SCHEMA)
+    # the shipped schema is used as-is (no download, its hash checked): a metadata file lacking a field fails
+    verify_metadata(meta_file=os.path.join(configs, "metadata.json"), filepath=SCHEMA, hash_val=SCHEMA_MD5)
     verify_net_in_out(net_id="network_def", meta_file=os.path.join(configs, "metadata.json"),
-                      config_file=os.path.join(configs, "inference.json"))
+                      config_file=os.path.join(configs, "inference.json"), ckpt_dir=_trained_spec(configs, tmp_path))
 
 
 def test_schema_rejects_incomplete_metadata(tmp_path):
@@ -100,4 +112,4 @@ def test_schema_rejects_incomplete_metadata(tmp_path):
     del meta["network_data_format"]["outputs"]["pred"]["num_channels"]
     (tmp_path / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="num_channels"):
-        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=SCHEMA)
+        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=SCHEMA, hash_val=SCHEMA_MD5)

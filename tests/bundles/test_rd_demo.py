@@ -165,3 +165,61 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     metrics = [json.load(open(tmp_path / r / "eval" / "val_metrics.json")) for r in ("whole", "killed")]
     assert metrics[0]["history"] == metrics[1]["history"] and len(metrics[1]["history"]) == 3
     assert sorted(os.listdir(tmp_path / "killed" / "models")) == ["checkpoint_epoch=3.pt", "model.pt"]
+
+
+def test_evaluation_inference_and_export_use_the_models_own_size_and_classes(tmp_path):
+    from monai.transforms import Compose, LoadImage, Resize, ScaleIntensity
+
+    from monai_rd.errors import OptionError
+    from monai_rd.networks import StudentClassifier
+    from monai_rd.transforms import ToGrayscale
+
+    classes = ["frontal", "occipital", "parietal"]  # not the bundle's five lobes
+    full = json.load(open(os.path.join(CONFIGS, "datalist.json")))
+    keep = {full["classes"].index(c): i for i, c in enumerate(classes)}
+    sub = {"classes": classes, "seed": full["seed"]}
+    for split, k in {"training": 4, "validation": 2, "test": 2}.items():
+        sub[split] = [{**it, "label": keep[it["label"]]} for c in keep for it in [i for i in full[split] if i["label"] == c][:k]]
+    (tmp_path / "datalist.json").write_text(json.dumps(sub))
+    paths = {"bundle_root": BUNDLE, "datalist_json": str(tmp_path / "datalist.json"),
+             "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    monai.bundle.run(config_file=os.path.join(CONFIGS, "train.json"), **paths, epochs=1, batch_size=4,
+                     image_size=48, class_names=classes)
+
+    # evaluation with none of the training overrides: the model's 3 classes at 48 px
+    evaluate = [os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json")]
+    monai.bundle.run(config_file=evaluate, **paths)
+    test = json.load(open(tmp_path / "eval" / "test_metrics.json"))
+    assert test["class_names"] == classes and torch.tensor(test["final"]["confusion_matrix"]).shape == (3, 3)
+
+    # inference likewise; its probabilities are the eager model's on the training preprocessing
+    images = tmp_path / "images"
+    images.mkdir()
+    for it in sub["test"]:
+        (images / os.path.basename(it["image"])).write_bytes(open(os.path.join(BUNDLE, "data", it["image"]), "rb").read())
+    monai.bundle.run(config_file=os.path.join(CONFIGS, "inference.json"), bundle_root=BUNDLE, input_dir=str(images),
+                     ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "infer"))
+    rows = list(csv.DictReader(open(tmp_path / "infer" / "predictions.csv")))
+    assert list(rows[0]) == ["image", *classes, "predicted"]
+    eager = StudentClassifier("resnet18", num_classes=3, in_channels=1)
+    eager.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
+    eager.eval()
+    prep = Compose([LoadImage(image_only=True, ensure_channel_first=True), ToGrayscale(), ScaleIntensity(), Resize((48, 48))])
+    with torch.no_grad():
+        x = torch.stack([torch.as_tensor(prep(r["image"])).float() for r in rows])
+        expected = torch.softmax(eager(x), 1)
+    got = torch.tensor([[float(r[c]) for c in classes] for r in rows])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+    # export builds the same network from the model's spec
+    monai.bundle.ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "models" / "model.pt"),
+                             meta_file=os.path.join(CONFIGS, "metadata.json"), config_file=os.path.join(CONFIGS, "inference.json"),
+                             bundle_root=BUNDLE, ckpt_dir=str(tmp_path / "models"))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(tmp_path / "model.ts"))(x), eager(x), atol=1e-5, rtol=1e-4)
+
+    # an override that contradicts the model is refused, naming both values
+    with pytest.raises(Exception) as info:
+        monai.bundle.run(config_file=evaluate, **paths, image_size=64)
+    err = find_rd_error(info.value)
+    assert isinstance(err, OptionError) and "--image_size 64 contradicts the trained model's 48" in str(err)

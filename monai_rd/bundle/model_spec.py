@@ -1,0 +1,168 @@
+"""What a trained model needs to be used, written beside ``model.pt`` and read back by evaluation, inference
+and export, so none of the training overrides has to be repeated, and none can be contradicted silently.
+
+A model trained with ``--image_size 32`` and evaluated with the bundle's default 224 answers confidently on
+inputs prepared differently from its training. Training therefore writes ``models/model_meta.json`` (input size
+and channels, intensity scaling, spatial dims, class names in order, multi-label or not, student architecture,
+the bundle, and the monai_rd version and commit that trained it, plus MONAI's ``network_data_format``); the
+evaluation, inference and export configs take these values from it, and refuse an option that contradicts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from monai_rd.errors import CheckpointMismatchError, OptionError
+
+__all__ = ["MODEL_SPEC_FILE", "SPEC_FORMAT", "as_class_names", "model_spec", "read_model_spec", "write_model_spec"]
+
+MODEL_SPEC_FILE = "model_meta.json"
+SPEC_FORMAT = 1
+# the spec's fields a user could also pass as options, with the option names
+USER_FIELDS = ("class_names", "image_size", "in_channels", "multi_label", "student")
+INTENSITY = "each image scaled to [0, 1] (monai.transforms.ScaleIntensity), gray (luma) when in_channels is 1"
+
+
+def as_class_names(value: Any, name: str = "class_names") -> list[str]:
+    """A non-empty list of distinct class names (the labels' order).
+
+    Raises:
+        OptionError: not a list of at least two distinct strings.
+    """
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) < 2:
+        raise OptionError(f"--{name} must be a list of at least two class names, e.g. \"['benign','malignant']\"; got {value!r}.")
+    names = [str(v) for v in value]
+    if len(set(names)) != len(names):
+        raise OptionError(f"--{name} lists a class twice: {names}.")
+    return names
+
+
+def _commit() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def model_spec(
+    class_names: Sequence[str],
+    image_size: int,
+    in_channels: int,
+    multi_label: bool,
+    student: str,
+    bundle_root: str,
+    spatial_dims: int = 2,
+) -> dict[str, Any]:
+    """The spec of a model being trained.
+
+    Args:
+        class_names: classes in output order.
+        image_size: square input size in pixels.
+        in_channels: input channels (1 gray, 3 RGB).
+        multi_label: independent sigmoid outputs instead of one softmax.
+        student: the student architecture name (as ``StudentClassifier(backbone=...)`` takes it).
+        bundle_root: the bundle folder; its name identifies the bundle.
+        spatial_dims: 2 for images.
+
+    Returns:
+        The spec, JSON-serialisable.
+    """
+    from monai_rd import __version__
+
+    names = list(class_names)
+    shape = [int(image_size)] * spatial_dims
+    return {
+        "format": SPEC_FORMAT,
+        "bundle": os.path.basename(os.path.normpath(bundle_root)),
+        "monai_rd_version": __version__,
+        "monai_rd_commit": _commit(),
+        "class_names": names,
+        "image_size": int(image_size),
+        "in_channels": int(in_channels),
+        "multi_label": bool(multi_label),
+        "student": str(student),
+        "spatial_dims": spatial_dims,
+        "intensity": INTENSITY,
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "num_channels": int(in_channels), "spatial_shape": shape,
+                                 "dtype": "float32", "value_range": [0, 1]}},
+            "outputs": {"pred": {"type": "probabilities", "num_channels": len(names), "spatial_shape": [len(names)],
+                                 "dtype": "float32", "value_range": [0, 1],
+                                 "activation": "sigmoid" if multi_label else "softmax",
+                                 "channel_def": {str(i): c for i, c in enumerate(names)}}},
+        },
+    }
+
+
+def write_model_spec(spec: dict[str, Any], ckpt_dir: str) -> str:
+    """Write ``spec`` to ``ckpt_dir/model_meta.json`` (atomically); returns the path."""
+    from monai_rd.data.datalist import write_json_atomic
+
+    path = os.path.join(ckpt_dir, MODEL_SPEC_FILE)
+    write_json_atomic(spec, path)
+    return path
+
+
+def read_model_spec(ckpt_dir: str, bundle_root: str, **options: Any) -> dict[str, Any]:
+    """The spec of a trained model, checked against the bundle and the options the user gave.
+
+    Args:
+        ckpt_dir: the folder of ``model.pt`` and ``model_meta.json``.
+        bundle_root: the bundle using the model; it must be the one that trained it.
+        options: ``class_names``, ``image_size``, ``in_channels``, ``multi_label``, ``student`` as the user gave them
+            (None: not given, take the model's).
+
+    Returns:
+        The spec.
+
+    Raises:
+        FileNotFoundError: no ``model_meta.json`` beside the model.
+        CheckpointMismatchError: the model was trained by another bundle, another monai_rd version (major.minor),
+            or with an unknown spec format.
+        OptionError: a given option contradicts the model (names both values).
+    """
+    from monai_rd import __version__
+
+    path = os.path.join(ckpt_dir, MODEL_SPEC_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} is missing: it records the input size, channels and classes the model in {ckpt_dir} was trained "
+            "with, and training writes it beside model.pt. Point --ckpt_dir at a training run's models folder."
+        )
+    with open(path) as f:
+        spec = json.load(f)
+    if spec.get("format") != SPEC_FORMAT:
+        raise CheckpointMismatchError(f"{path} has spec format {spec.get('format')!r}; this monai_rd reads {SPEC_FORMAT}.")
+    bundle = os.path.basename(os.path.normpath(bundle_root))
+    if spec.get("bundle") != bundle:
+        raise CheckpointMismatchError(
+            f"the model in {ckpt_dir} was trained by bundle {spec.get('bundle')!r}, not {bundle!r}; use that bundle's "
+            "configs, or --ckpt_dir of a model this bundle trained."
+        )
+    if str(spec.get("monai_rd_version", "")).split(".")[:2] != __version__.split(".")[:2]:
+        raise CheckpointMismatchError(
+            f"the model in {ckpt_dir} was trained with monai_rd {spec.get('monai_rd_version')}, this is {__version__}; "
+            "use that version, or retrain."
+        )
+    for key in USER_FIELDS:
+        given = options.get(key)
+        if given is None:
+            continue
+        value = list(given) if key == "class_names" and not isinstance(given, str) else given
+        if key in ("image_size", "in_channels"):
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                pass
+        if value != spec[key]:
+            raise OptionError(
+                f"--{key} {given!r} contradicts the trained model's {spec[key]!r} ({path}); drop the option: "
+                "evaluation, inference and export use the model's own values."
+            )
+    return spec
