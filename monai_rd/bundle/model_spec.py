@@ -24,6 +24,8 @@ MODEL_SPEC_FILE = "model_meta.json"
 SPEC_FORMAT = 1
 # the spec's fields a user could also pass as options, with the option names
 USER_FIELDS = ("class_names", "image_size", "in_channels", "multi_label", "student")
+# how files are read (monai_rd.transforms.LoadImage2D); None: not given, take the model's
+READING_FIELDS = ("frame", "window", "slice_axis", "slice_index", "projection")
 INTENSITY = "each image scaled to [0, 1] (monai.transforms.ScaleIntensity), gray (luma) when in_channels is 1"
 
 
@@ -58,6 +60,7 @@ def model_spec(
     student: str,
     bundle_root: str,
     spatial_dims: int = 2,
+    reading: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The spec of a model being trained.
 
@@ -69,6 +72,8 @@ def model_spec(
         student: the student architecture name (as ``StudentClassifier(backbone=...)`` takes it).
         bundle_root: the bundle folder; its name identifies the bundle.
         spatial_dims: 2 for images.
+        reading: how files were read (``frame``, ``window``, ``slice_axis``, ``slice_index``, ``projection`` of
+            :class:`~monai_rd.transforms.LoadImage2D`), so inference reads new files the same way.
 
     Returns:
         The spec, JSON-serialisable.
@@ -89,6 +94,7 @@ def model_spec(
         "student": str(student),
         "spatial_dims": spatial_dims,
         "intensity": INTENSITY,
+        "reading": json.loads(json.dumps(dict(reading or {}))),
         "network_data_format": {
             "inputs": {"image": {"type": "image", "num_channels": int(in_channels), "spatial_shape": shape,
                                  "dtype": "float32", "value_range": [0, 1]}},
@@ -150,19 +156,22 @@ def read_model_spec(ckpt_dir: str, bundle_root: str, **options: Any) -> dict[str
             f"the model in {ckpt_dir} was trained with monai_rd {spec.get('monai_rd_version')}, this is {__version__}; "
             "use that version, or retrain."
         )
-    for key in USER_FIELDS:
+    for key in USER_FIELDS + READING_FIELDS:
         given = options.get(key)
         if given is None:
             continue
+        trained = spec[key] if key in USER_FIELDS else spec.get("reading", {}).get(key)
         value = list(given) if key == "class_names" and not isinstance(given, str) else given
-        if key in ("image_size", "in_channels"):
+        if key in ("image_size", "in_channels", "frame", "slice_axis", "slice_index"):
             try:
                 value = int(value)
             except (TypeError, ValueError):
                 pass
-        if value != spec[key]:
+        if isinstance(value, tuple):
+            value = list(value)
+        if value != trained:
             raise OptionError(
-                f"--{key} {given!r} contradicts the trained model's {spec[key]!r} ({path}); drop the option: "
+                f"--{key} {given!r} contradicts the trained model's {trained!r} ({path}); drop the option: "
                 "evaluation, inference and export use the model's own values."
             )
     return spec

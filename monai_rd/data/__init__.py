@@ -45,4 +45,6 @@ __all__ = [
     "default_image_loader",
     "load_json",
     "read_groups_csv",
+    "DicomDisplayReader",
+    "parse_window",
 ]

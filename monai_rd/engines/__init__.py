@@ -1,5 +1,6 @@
 """Training engines for Reprogramming Distillation."""
 
+from monai_rd.engines.dense_rd_trainer import DenseRDTrainer
 from monai_rd.engines.rd_trainer import RD_OUTPUT_KEYS, RDTrainer
 
-__all__ = ["RDTrainer", "RD_OUTPUT_KEYS"]
+__all__ = ["DenseRDTrainer", "RDTrainer", "RD_OUTPUT_KEYS"]

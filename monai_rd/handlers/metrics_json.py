@@ -87,10 +87,13 @@ class MetricsJSONWriter:
         if not self.record_best:
             entry.pop("epoch")
         self.history.append(entry)
-        doc: dict[str, Any] = {**to_jsonable(self.extra), "class_names": self.class_names}
+        doc: dict[str, Any] = {
+            **to_jsonable(self.extra),
+            "class_names": self.class_names,
+            "key_metric": getattr(engine.state, "key_metric_name", None),
+        }
         if self.record_best:
             doc.update(
-                key_metric=getattr(engine.state, "key_metric_name", None),
                 best_metric=to_jsonable(getattr(engine.state, "best_metric", None)),
                 best_metric_epoch=getattr(engine.state, "best_metric_epoch", None),
             )

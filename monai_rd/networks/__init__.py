@@ -2,6 +2,11 @@
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher, tokens_to_map
 from monai_rd.networks.reprogramming import ReprogrammingNet, ResidualMLPBlock
+from monai_rd.networks.segmentation_student import (
+    SegmentationStudent,
+    create_segmentation_backbone,
+    list_segmentation_students,
+)
 from monai_rd.networks.student import StudentClassifier, create_backbone, list_students
 from monai_rd.networks.teachers import create_teacher, efficientnet_lite0_teacher, list_teachers
 
@@ -9,10 +14,13 @@ __all__ = [
     "FrozenTeacher",
     "ReprogrammingNet",
     "ResidualMLPBlock",
+    "SegmentationStudent",
     "StudentClassifier",
     "create_backbone",
+    "create_segmentation_backbone",
     "create_teacher",
     "efficientnet_lite0_teacher",
+    "list_segmentation_students",
     "list_students",
     "list_teachers",
     "tokens_to_map",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -81,14 +82,15 @@ def create_backbone(
 
     Names: ``resnet18``, ``mobilenetv2``, ``shufflenetv2`` and the others in :func:`list_students`
     (torchvision); ``timm:<model>`` (any timm model, built with ``num_classes=0``); ``torchvision:<model>``;
-    ``monai:resnet18`` etc. (MONAI's ResNets without their fc layer, 2D or 3D).
+    ``monai:resnet10``, ``monai:resnet18``, ... and ``monai:densenet121``, ... (MONAI's ResNets and DenseNets
+    without their classifier, 2D or 3D with ``spatial_dims=3``: the 3D classification students).
 
     Args:
         name: the backbone's name.
         pretrained: load the library's ImageNet weights (downloads unless cached).
         in_channels: input channels; the first convolution is adapted when it differs from 3.
         spatial_dims: 2 or 3, used by ``monai:`` backbones.
-        kwargs: passed to the library's constructor.
+        kwargs: passed to the library's constructor (e.g. ``block_config`` or ``init_features`` of a DenseNet).
 
     Returns:
         ``(backbone, num_features)``: the module returns pooled features (B, num_features).
@@ -111,17 +113,33 @@ def create_backbone(
         head_attr = "fc" if hasattr(probe, "fc") else "classifier" if hasattr(probe, "classifier") else "heads"
         return _torchvision(arch, head_attr)(pretrained=pretrained, in_channels=in_channels, **kwargs)
     if prefix == "monai" and arch:
-        from monai.networks.nets import resnet
+        return _monai(arch, in_channels, spatial_dims, **kwargs)
+    raise ValueError(
+        f"unknown student {name!r}: use one of {list_students()}, or 'timm:<name>', 'torchvision:<name>', "
+        "'monai:<resnet or densenet>'."
+    )
 
-        if not arch.startswith("resnet") or not hasattr(resnet, arch):
-            raise ValueError(f"unknown MONAI backbone {arch!r}; use one of resnet10/18/34/50/101/152/200.")
+
+_MONAI_DENSENETS = ("densenet121", "densenet169", "densenet201", "densenet264")
+
+
+def _monai(arch: str, in_channels: int, spatial_dims: int, **kwargs) -> tuple[nn.Module, int]:
+    """MONAI's ResNets and DenseNets (2D or 3D) without their classifier, returning pooled features."""
+    from monai.networks.nets import densenet, resnet
+
+    if arch.startswith("resnet") and hasattr(resnet, arch):
         model = getattr(resnet, arch)(
             pretrained=False, spatial_dims=spatial_dims, n_input_channels=in_channels, feed_forward=False, **kwargs
         )
         return model, int(model.in_planes)
+    if arch in _MONAI_DENSENETS:
+        model = getattr(densenet, arch)(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1, **kwargs)
+        # class_layers is relu -> global pool -> flatten -> Linear; dropping the Linear leaves pooled features
+        num_features = int(model.class_layers.out.in_features)
+        model.class_layers.out = nn.Identity()
+        return model, num_features
     raise ValueError(
-        f"unknown student {name!r}: use one of {list_students()}, or 'timm:<name>', 'torchvision:<name>', "
-        "'monai:<resnet>'."
+        f"unknown MONAI backbone {arch!r}; use one of resnet10/18/34/50/101/152/200 or {', '.join(_MONAI_DENSENETS)}."
     )
 
 
@@ -139,6 +157,7 @@ class StudentClassifier(nn.Module):
         in_channels: input channels of the deployed model.
         spatial_dims: 2 or 3 (for ``monai:`` backbones).
         dropout: dropout before the classifier.
+        kwargs: passed to :func:`create_backbone` for a named backbone (e.g. a 3D DenseNet's ``block_config``).
 
     Raises:
         ValueError: a module backbone without ``num_features``.
@@ -153,11 +172,12 @@ class StudentClassifier(nn.Module):
         in_channels: int = 3,
         spatial_dims: int = 2,
         dropout: float = 0.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
         if isinstance(backbone, str):
             self.backbone_name = backbone
-            backbone, num_features = create_backbone(backbone, pretrained, in_channels, spatial_dims)
+            backbone, num_features = create_backbone(backbone, pretrained, in_channels, spatial_dims, **kwargs)
         else:
             self.backbone_name = type(backbone).__name__
             if num_features is None:

@@ -34,6 +34,10 @@ def _parser(*files, **overrides):
     return p
 
 
+def _recipe(configs):
+    return json.load(open(os.path.join(configs, "overrides.json"))).get("recipe", "classification")
+
+
 def _trained_spec(configs, ckpt_dir):
     """models/model_meta.json as training with the bundle's defaults writes it (no training needed)."""
     from monai_rd.bundle import write_model_spec
@@ -72,20 +76,24 @@ def test_bundle_layout_and_references(configs, tmp_path):
     _check_references(train)
     for key in ("network", "network_def", "train#trainer", "validate#evaluator", "datalist", "run", "initialize"):
         assert key in train, key
-    assert train["train"]["trainer"]["_target_"] == "monai_rd.engines.RDTrainer"
+    segmentation = _recipe(configs) == "segmentation"
+    trainer = "monai_rd.engines.DenseRDTrainer" if segmentation else "monai_rd.engines.RDTrainer"
+    assert train["train"]["trainer"]["_target_"] == trainer
     _check_references(_parser(os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")))
-    infer = _parser(os.path.join(configs, "inference.json"), ckpt_dir=_trained_spec(configs, tmp_path))
+    extra = {} if segmentation else {"ckpt_dir": _trained_spec(configs, tmp_path)}
+    infer = _parser(os.path.join(configs, "inference.json"), **extra)
     _check_references(infer)
     for key in ("network_def", "preprocessing", "postprocessing", "inferer"):
         assert key in infer, key
     # the deployed network builds from the inference config and its output channels match the metadata
     net = infer.get_parsed_content("network_def")
     n_out = meta["network_data_format"]["outputs"]["pred"]["num_channels"]
-    assert net.head.out_features == n_out
-    # the last post-processing step turns logits into probabilities
-    post = infer["postprocessing"]["transforms"]
-    assert post[-1]["_target_"] in ("Activationsd", "monai.transforms.Activationsd")
-    assert post[-1].get("softmax") or post[-1].get("sigmoid")
+    assert (net.head.out_channels if segmentation else net.head.out_features) == n_out
+    # post-processing turns logits into probabilities (segmentation: then a label map, saved)
+    post = [t for t in infer["postprocessing"]["transforms"] if t["_target_"].endswith("Activationsd")]
+    assert post and (post[-1].get("softmax") or post[-1].get("sigmoid"))
+    if not segmentation:
+        assert infer["postprocessing"]["transforms"][-1] is post[-1]
     # components are referenced by full dotted paths into the installed package, never bundle scripts
     for s in _walk(train.get()):
         assert "scripts." not in s, s
@@ -101,8 +109,9 @@ def test_monai_verifies_metadata_offline_and_network_shapes(configs, tmp_path):
 
     # the shipped schema is used as-is (no download, its hash checked): a metadata file lacking a field fails
     verify_metadata(meta_file=os.path.join(configs, "metadata.json"), filepath=SCHEMA, hash_val=SCHEMA_MD5)
+    extra = {} if _recipe(configs) == "segmentation" else {"ckpt_dir": _trained_spec(configs, tmp_path)}
     verify_net_in_out(net_id="network_def", meta_file=os.path.join(configs, "metadata.json"),
-                      config_file=os.path.join(configs, "inference.json"), ckpt_dir=_trained_spec(configs, tmp_path))
+                      config_file=os.path.join(configs, "inference.json"), **extra)
 
 
 def test_schema_rejects_incomplete_metadata(tmp_path):

@@ -164,7 +164,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert (tmp_path / "whole" / "models" / "model.pt").read_bytes() == (tmp_path / "killed" / "models" / "model.pt").read_bytes()
     metrics = [json.load(open(tmp_path / r / "eval" / "val_metrics.json")) for r in ("whole", "killed")]
     assert metrics[0]["history"] == metrics[1]["history"] and len(metrics[1]["history"]) == 3
-    assert sorted(os.listdir(tmp_path / "killed" / "models")) == ["checkpoint_epoch=3.pt", "model.pt"]
+    assert sorted(os.listdir(tmp_path / "killed" / "models")) == ["checkpoint_epoch=3.pt", "model.pt", "model_meta.json"]
 
 
 def test_evaluation_inference_and_export_use_the_models_own_size_and_classes(tmp_path):

@@ -43,3 +43,26 @@ def test_unknown_names_are_explained():
         StudentClassifier("resnet19", 2)
     with pytest.raises(ValueError, match="num_features"):
         StudentClassifier(nn.Identity(), 2)
+
+
+@pytest.mark.parametrize("name, features", [("monai:resnet10", 512), ("monai:resnet18", 512), ("monai:densenet121", 1024)])
+def test_3d_classification_students_by_name(name, features):
+    torch.manual_seed(0)
+    m = StudentClassifier(name, num_classes=3, in_channels=1, spatial_dims=3).eval()
+    x = torch.rand(2, 1, 32, 32, 32)
+    z = m.forward_features(x)
+    assert z.shape == (2, features) and m.num_features == features  # pooled: the classifier was removed
+    assert torch.allclose(m.classify(z), m(x))
+
+
+def test_3d_densenet_kwargs_reach_monai_and_script():
+    torch.manual_seed(0)
+    m = StudentClassifier(
+        "monai:densenet121", 2, in_channels=1, spatial_dims=3, init_features=8, growth_rate=4, block_config=(2, 2)
+    ).eval()
+    # 8 + 2*4 = 16 -> transition 8 -> 8 + 2*4 = 16 pooled features
+    assert m.num_features == 16
+    x = torch.rand(1, 1, 16, 16, 16)
+    assert torch.allclose(torch.jit.script(m)(x), m(x), atol=1e-5)
+    with pytest.raises(ValueError, match="densenet121"):
+        StudentClassifier("monai:vit", 2, spatial_dims=3)

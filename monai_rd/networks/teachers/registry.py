@@ -57,6 +57,11 @@ class TeacherSpec:
         weights_file: file name of the published checkpoint (what a user places when offline), if any.
         checkpoint_layout: key layout of the published checkpoint.
         builder: function ``(weights, sha256=None, **kwargs) -> FrozenTeacher``.
+        intensity_range: for CT/MR teachers, the raw intensity window (e.g. HU) the data transforms map to [0, 1]
+            before the teacher (which expects [0, 1]); None for natural-image teachers.
+        spacing: voxel spacing (mm) the teacher was trained at, resampled to by the data transforms; None when the
+            teacher resizes to ``input_size`` instead.
+        axcodes: orientation of the teacher's input axes (e.g. ``"RAS"``), set by the data transforms.
     """
 
     name: str
@@ -71,6 +76,9 @@ class TeacherSpec:
     weights_file: str | None = None
     checkpoint_layout: str = ""
     builder: TeacherBuilder | None = field(default=None, repr=False, compare=False)
+    intensity_range: tuple[float, float] | None = None
+    spacing: tuple[float, ...] | None = None
+    axcodes: str | None = None
 
 
 _TEACHERS: dict[str, TeacherSpec] = {}
@@ -82,6 +90,7 @@ _BUILTIN_MODULES = (
     "monai_rd.networks.teachers.biomedclip",
     "monai_rd.networks.teachers.rad_dino",
     "monai_rd.networks.teachers.generic",
+    "monai_rd.networks.teachers.astra",
 )
 _loaded = False
 
@@ -107,6 +116,9 @@ def register_teacher(
     out_channels: int,
     weights_file: str | None = None,
     checkpoint_layout: str = "",
+    intensity_range: Sequence[float] | None = None,
+    spacing: Sequence[float] | None = None,
+    axcodes: str | None = None,
 ) -> Callable[[TeacherBuilder], TeacherBuilder]:
     """Decorator registering a teacher builder under ``name`` with its :class:`TeacherSpec`.
 
@@ -122,6 +134,9 @@ def register_teacher(
         out_channels: channels of that layer.
         weights_file: published checkpoint file name.
         checkpoint_layout: key layout of the published checkpoint.
+        intensity_range: raw intensity window mapped to [0, 1] before the teacher (e.g. HU for CT teachers).
+        spacing: voxel spacing the teacher expects (3D teachers), if any.
+        axcodes: input orientation the teacher expects (3D teachers), if any.
 
     Returns:
         The decorator; it returns the builder unchanged.
@@ -148,6 +163,9 @@ def register_teacher(
             weights_file=weights_file,
             checkpoint_layout=checkpoint_layout,
             builder=builder,
+            intensity_range=(float(intensity_range[0]), float(intensity_range[1])) if intensity_range else None,
+            spacing=tuple(float(v) for v in spacing) if spacing else None,
+            axcodes=axcodes,
         )
         return builder
 
