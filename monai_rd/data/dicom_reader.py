@@ -39,6 +39,22 @@ __all__ = ["DicomDisplayReader", "parse_window"]
 
 logger = logging.getLogger(__name__)
 
+
+def _drop_unusable_nvimgcodec_reader() -> None:
+    """Keep MONAI's ``LoadImage`` from registering ``NvImgCodecPydicomReader`` where it cannot work.
+
+    MONAI registers it by default whenever pydicom is installed; without nvImageCodec and CUDA it reads nothing (its
+    ``verify_suffix`` is False) and warns each time a ``LoadImage`` is built, i.e. in every bundle on a CPU.
+    """
+    from monai.data.nvimgcodec_pydicom_plugin import is_nvimgcodec_available
+    from monai.transforms.io import array as io_array
+
+    if "nvimgcodecpydicomreader" in io_array.SUPPORTED_READERS and not is_nvimgcodec_available():
+        del io_array.SUPPORTED_READERS["nvimgcodecpydicomreader"]
+
+
+_drop_unusable_nvimgcodec_reader()
+
 WINDOW_FROM_FILE = "file"
 NO_WINDOW = "none"
 _NO_WINDOW_NAMES = ("none", "null", "off", "")

@@ -139,3 +139,16 @@ def test_parse_window():
         parse_window([40, 0.5])
     with pytest.raises(OptionError, match="--frame must be an integer"):
         DicomDisplayReader(frame="middle")
+
+
+def test_loadimage_does_not_register_a_dicom_reader_that_cannot_work_here():
+    import warnings
+
+    from monai.data.nvimgcodec_pydicom_plugin import is_nvimgcodec_available
+    from monai.transforms import LoadImage
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # MONAI warned on every LoadImage() where nvImageCodec/CUDA are missing
+        names = [type(r).__name__ for r in LoadImage().readers]
+    assert ("NvImgCodecPydicomReader" in names) == is_nvimgcodec_available()
+    assert "PydicomReader" in names
