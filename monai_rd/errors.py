@@ -52,12 +52,24 @@ class OutputFolderError(MonaiRDError, FileExistsError):
     """An output folder cannot be written, or holds a previous run's files that this run would overwrite."""
 
 
-def find_rd_error(exc: BaseException | None) -> MonaiRDError | None:
-    """The innermost :class:`MonaiRDError` in ``exc``'s cause/context chain, or None."""
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _raised_by_us(exc: BaseException) -> bool:
+    # a builtin error whose message monai_rd wrote (a missing dataset folder, a bad split file, ...)
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(_PACKAGE_DIR + os.sep)
+
+
+def find_rd_error(exc: BaseException | None) -> BaseException | None:
+    """The innermost user-fixable error in ``exc``'s cause/context chain, or None.
+
+    That is a :class:`MonaiRDError`, or a ``ValueError``/``OSError``/``KeyError`` raised by monai_rd's own code.
+    """
     found, seen = None, set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, MonaiRDError):
+        if isinstance(exc, MonaiRDError) or (isinstance(exc, (ValueError, OSError, KeyError)) and _raised_by_us(exc)):
             found = exc
         exc = exc.__cause__ or exc.__context__
     return found

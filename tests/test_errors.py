@@ -35,3 +35,20 @@ def test_hook_prints_our_message_last_and_keeps_the_traceback_on_request():
     assert "Failed to evaluate" not in run.stderr
     full = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, env={"MONAI_RD_TRACEBACK": "1"})
     assert "Failed to evaluate ConfigExpression" in full.stderr and full.returncode == 1
+
+
+def test_builtin_errors_raised_by_monai_rd_count_but_others_do_not(tmp_path):
+    from monai_rd.data import list_images
+
+    try:
+        list_images(str(tmp_path / "nowhere"))
+    except FileNotFoundError as e:
+        assert find_rd_error(RuntimeError("wrapper")) is None
+        try:
+            raise RuntimeError("Failed to instantiate") from e
+        except RuntimeError as wrapped:
+            assert find_rd_error(wrapped) is e
+    try:
+        open(tmp_path / "missing")  # raised by Python, not by monai_rd: a bug to show in full
+    except FileNotFoundError as e:
+        assert find_rd_error(e) is None

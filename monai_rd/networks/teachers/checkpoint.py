@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from monai_rd.errors import MonaiRDError
+
 __all__ = [
     "CheckpointKeyError",
     "WeightsUnavailableError",
@@ -40,11 +42,11 @@ _MAX_KEYS_SHOWN = 20
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
 
 
-class WeightsUnavailableError(FileNotFoundError):
+class WeightsUnavailableError(MonaiRDError, FileNotFoundError):
     """The checkpoint is neither on disk nor downloadable; the message says which file to place where."""
 
 
-class CheckpointKeyError(RuntimeError):
+class CheckpointKeyError(MonaiRDError, RuntimeError):
     """A checkpoint does not match the architecture key for key (strict loading)."""
 
 
