@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
+from ignite.engine import Events
 from torch.optim import Optimizer
 
 from monai.data import MetaTensor
@@ -18,11 +21,16 @@ from monai.utils.enums import CommonKeys as Keys
 
 from monai_rd.errors import NonFiniteError
 from monai_rd.losses.rd import RDLoss
+from monai_rd.networks.feature_map import FeatureMapHook
 
-__all__ = ["RDTrainer", "RD_OUTPUT_KEYS"]
+__all__ = ["RDTrainer", "RD_OUTPUT_KEYS", "FEATURE_KD_KEY"]
+
+logger = logging.getLogger(__name__)
 
 # loss terms RDTrainer puts in ``engine.state.output`` besides image/label/pred
 RD_OUTPUT_KEYS = ("loss", "ce_student", "ce_teacher", "kd", "cka", "alpha", "beta")
+# the feature-distillation term, in the output only when the trainer has a ``feature_loss``
+FEATURE_KD_KEY = "feature_kd"
 
 
 class RDTrainer(SupervisedTrainer):
@@ -50,6 +58,21 @@ class RDTrainer(SupervisedTrainer):
     student's BatchNorm statistics already saw the batch. With AMP, a step the ``GradScaler`` skips for inf/NaN
     gradients is normal and raises nothing.
 
+    The same loop trains the baselines RD is compared against (``monai_rd.compare``), each from the same
+    teacher features:
+
+    * ``teacher_head`` (Hinton KD from a fitted, frozen linear probe of the teacher): the teacher-branch logits
+      are ``teacher_head(features)`` instead of ``h(Phi(features))``; no Phi, no CKA (no ``z_T``).
+    * ``feature_loss`` (FitNets, attention transfer, similarity-preserving, CRD): ``loss(F_S, features)`` is added
+      with weight ``feature_loss_weight`` and reported as ``feature_kd``; ``F_S`` is the student's last feature map
+      before pooling (:class:`~monai_rd.networks.feature_map.FeatureMapHook`). The loss's own trainable parts
+      (a regressor, embeddings) must be in the optimizer.
+    * ``direct_epochs`` (direct reprogramming, an RD ablation): before the first epoch, Phi and the shared
+      classifier ``network.head`` are trained alone on the teacher features (CE, a fresh optimizer of the same
+      class and hyper-parameters, cosine-annealed over those epochs), then frozen (eval mode, no gradient) for
+      the whole run, so the student distils a fixed reprogrammed teacher. A run resumed after epoch 1 does not
+      repeat it: the checkpoint holds the fitted Phi and head.
+
     Args:
         device: device to train on.
         max_epochs: epochs to train.
@@ -73,13 +96,19 @@ class RDTrainer(SupervisedTrainer):
         source_key: batch key of the images' source paths (e.g. from ``CopyItemsd(keys="image",
             names="image_path")`` placed before loading), named when a batch makes the loss non-finite; without it
             the image's MetaTensor ``filename_or_obj`` is used.
+        teacher_head: frozen module mapping teacher features to teacher logits (e.g. a fitted
+            :class:`~monai_rd.networks.linear_probe.LinearProbe`), used instead of a reprogrammer.
+        feature_loss: a feature-distillation loss ``f(student_map, teacher_features)``.
+        feature_loss_weight: its weight in the total loss.
+        direct_epochs: epochs of training Phi and ``network.head`` alone before the run, then frozen (0: off).
         kwargs: other :class:`monai.engines.SupervisedTrainer` arguments (``amp``, ``accumulation_steps``,
             ``train_handlers``, ``key_train_metric``, ...).
 
     Raises:
-        ValueError: the network lacks ``forward_features``/``classify``, a teacher is given without Phi, Phi's
-            parameters are not in the optimizer, the optimizer holds teacher parameters, or the loss is not an
-            RDLoss.
+        ValueError: the network lacks ``forward_features``/``classify``, a teacher is given without Phi, a teacher
+            head or a feature loss, both Phi and a teacher head are given, Phi's or the feature loss's trainable
+            parameters are not in the optimizer, the optimizer holds teacher or teacher-head parameters,
+            ``direct_epochs`` without Phi or ``network.head``, or the loss is not an RDLoss.
         NonFiniteError: (while running) a non-finite loss, gradient norm or weight, as described above.
     """
 
@@ -99,6 +128,10 @@ class RDTrainer(SupervisedTrainer):
         feature_cache: Any | None = None,
         teacher_index_key: str = "teacher_feature_index",
         source_key: str = "image_path",
+        teacher_head: nn.Module | None = None,
+        feature_loss: nn.Module | None = None,
+        feature_loss_weight: float = 1.0,
+        direct_epochs: int = 0,
         **kwargs: Any,
     ) -> None:
         for attr in ("forward_features", "classify"):
@@ -109,25 +142,38 @@ class RDTrainer(SupervisedTrainer):
                 )
         if not isinstance(loss_function, RDLoss):
             raise ValueError(f"loss_function must be a monai_rd.losses.RDLoss, got {type(loss_function).__name__}.")
-        if teacher is not None and reprogrammer is None:
+        if teacher is not None and reprogrammer is None and teacher_head is None and feature_loss is None:
             raise ValueError("a teacher needs a reprogrammer (Phi) to map its features; pass reprogrammer=.")
+        if reprogrammer is not None and teacher_head is not None:
+            raise ValueError("pass a reprogrammer (RD) or a teacher_head (KD from fixed teacher logits), not both.")
+        if direct_epochs < 0 or (
+            direct_epochs and (reprogrammer is None or not isinstance(getattr(network, "head", None), nn.Module))
+        ):
+            raise ValueError(
+                f"direct_epochs={direct_epochs} needs a reprogrammer and a network with a `head` classifier "
+                "(StudentClassifier), and must be >= 0."
+            )
         in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        if teacher is not None:
-            held = [n for n, p in teacher.named_parameters() if id(p) in in_opt]
+        for role, frozen in (("frozen teacher", teacher), ("frozen teacher head", teacher_head)):
+            if frozen is None:
+                continue
+            held = [n for n, p in frozen.named_parameters() if id(p) in in_opt]
             if held:
                 raise ValueError(
-                    f"the optimizer holds {len(held)} parameter(s) of the frozen teacher ({', '.join(held[:5])}"
+                    f"the optimizer holds {len(held)} parameter(s) of the {role} ({', '.join(held[:5])}"
                     f"{', ...' if len(held) > 5 else ''}); build it over list(network.parameters()) + "
                     "list(reprogrammer.parameters()) only."
                 )
-            teacher.requires_grad_(False)
-            teacher.eval()
-        if reprogrammer is not None:
-            missing = [n for n, p in reprogrammer.named_parameters() if p.requires_grad and id(p) not in in_opt]
+            frozen.requires_grad_(False)
+            frozen.eval()
+        for role, part in (("reprogrammer", reprogrammer), ("feature_loss", feature_loss)):
+            if part is None:
+                continue
+            missing = [n for n, p in part.named_parameters() if p.requires_grad and id(p) not in in_opt]
             if missing:
                 raise ValueError(
-                    f"the optimizer does not hold the reprogrammer's parameters ({missing[:3]}...); build it over "
-                    "list(network.parameters()) + list(reprogrammer.parameters())."
+                    f"the optimizer does not hold the {role}'s parameters ({missing[:3]}...); build it over "
+                    f"list(network.parameters()) + list({role}.parameters())."
                 )
         super().__init__(
             device=device,
@@ -147,6 +193,15 @@ class RDTrainer(SupervisedTrainer):
         self.feature_cache = feature_cache
         self.teacher_index_key = teacher_index_key
         self.source_key = source_key
+        self.teacher_head = teacher_head.to(device) if teacher_head is not None else None
+        self.feature_loss = feature_loss.to(device) if feature_loss is not None else None
+        self.feature_loss_weight = float(feature_loss_weight)
+        self._feature_map = FeatureMapHook(getattr(network, "backbone", network)) if feature_loss is not None else None
+        self.direct_epochs = int(direct_epochs)
+        if self.direct_epochs:
+            # frozen from the start, so a resumed run (which skips the direct stage) never trains them
+            self._direct_parameters(trainable=False)
+            self.add_event_handler(Events.EPOCH_STARTED, self._direct_reprogramming)
 
     def teacher_features(self, batchdata: dict, inputs: torch.Tensor) -> torch.Tensor | None:
         """Teacher features for a batch, without grad.
@@ -188,6 +243,49 @@ class RDTrainer(SupervisedTrainer):
         teacher.eval()  # every time: a handler may have called train() on it
         return teacher
 
+    def _direct_parameters(self, trainable: bool) -> list[torch.Tensor]:
+        params = [*self.reprogrammer.parameters(), *self.network.head.parameters()]  # type: ignore[union-attr]
+        for p in params:
+            p.requires_grad_(trainable)
+            p.grad = None
+        return params
+
+    def _direct_reprogramming(self, engine: RDTrainer) -> None:
+        """Direct reprogramming: train Phi and the shared head alone on the teacher features, then freeze them."""
+        if engine.state.epoch != 1:  # a run resumed from a checkpoint has them already
+            return
+        loss_fn: RDLoss = self.loss_function  # type: ignore[assignment]
+        params = self._direct_parameters(trainable=True)
+        accepted = inspect.signature(type(self.optimizer)).parameters  # e.g. AdamW's defaults hold more than it takes
+        opt = type(self.optimizer)(params, **{k: v for k, v in self.optimizer.defaults.items() if k in accepted})
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.direct_epochs)
+        self.reprogrammer.train()  # type: ignore[union-attr]
+        self.network.train()
+        for epoch in range(1, self.direct_epochs + 1):
+            total, count = 0.0, 0
+            for batchdata in self.data_loader:
+                batch = self.prepare_batch(batchdata, self.state.device, self.non_blocking, **self.to_kwargs)
+                inputs, targets = batch[0], batch[1]
+                feats = self.teacher_features(batchdata, inputs)
+                if feats is None:
+                    raise ValueError("direct reprogramming needs teacher features in every batch (a teacher or cache).")
+                logits_t = self.network.classify(self.reprogrammer(feats))  # type: ignore[misc]
+                loss = loss_fn.supervised(logits_t, targets)
+                if not bool(torch.isfinite(loss)):
+                    raise NonFiniteError(
+                        f"non-finite CE ({float(loss)}) while training Phi and the head alone (direct reprogramming, "
+                        f"epoch {epoch} of {self.direct_epochs}); {self._batch_sources(batchdata, inputs)}."
+                    )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total, count = total + float(loss.detach()) * len(targets), count + len(targets)
+            schedule.step()
+            mean_ce = total / max(count, 1)
+            logger.info(f"direct reprogramming: epoch {epoch}/{self.direct_epochs}, teacher-branch CE {mean_ce:.4f}")
+        self._direct_parameters(trainable=False)
+        self.reprogrammer.eval()  # type: ignore[union-attr]
+
     def _where(self) -> str:
         it, epoch, length = self.state.iteration, self.state.epoch, self.state.epoch_length
         local = f", iteration {(it - 1) % length + 1} of {length} in the epoch" if length else ""
@@ -196,7 +294,8 @@ class RDTrainer(SupervisedTrainer):
     def _terms(self) -> str:
         out = self.state.output
         loss_fn: RDLoss = self.loss_function  # type: ignore[assignment]
-        values = {k: float(torch.as_tensor(out[k]).detach()) for k in RD_OUTPUT_KEYS[:5] if k in out}
+        keys = (*RD_OUTPUT_KEYS[:5], FEATURE_KD_KEY)
+        values = {k: float(torch.as_tensor(out[k]).detach()) for k in keys if k in out}
         values.update(alpha=loss_fn.alpha, beta=loss_fn.beta)
         return ", ".join(f"{k}={v:.6g}" for k, v in values.items())
 
@@ -243,7 +342,7 @@ class RDTrainer(SupervisedTrainer):
 
     @torch.no_grad()
     def _check_finite_weights(self, batchdata: Any, inputs: torch.Tensor) -> None:
-        modules = [m for m in (self.network, self.reprogrammer) if m is not None]
+        modules = [m for m in (self.network, self.reprogrammer, self.feature_loss) if m is not None]
         tensors = [p for g in self.optimizer.param_groups for p in g["params"]]
         tensors += [b for m in modules for b in m.buffers() if b.is_floating_point()]
         if not tensors:
@@ -255,14 +354,19 @@ class RDTrainer(SupervisedTrainer):
         first = tensors[int((~finite).nonzero()[0])]
         names = {
             id(t): f"{prefix}.{n}"
-            for prefix, m in (("network", self.network), ("reprogrammer", self.reprogrammer))
+            for prefix, m in (
+                ("network", self.network),
+                ("reprogrammer", self.reprogrammer),
+                ("feature_loss", self.feature_loss),
+            )
             if m is not None
             for n, t in [*m.named_parameters(), *m.named_buffers()]
         }
         lrs = dict.fromkeys(str(g.get("lr")) for g in self.optimizer.param_groups)
         raise NonFiniteError(
             f"non-finite weights after the optimizer step at {self._where()}: the first is "
-            f"{names.get(id(first), 'an optimizer parameter outside network and reprogrammer')!r} (learning rate "
+            f"{names.get(id(first), 'an optimizer parameter outside network, reprogrammer and feature loss')!r} "
+            f"(learning rate "
             f"{', '.join(lrs)}); loss terms of the batch: {self._terms()}; "
             f"{self._batch_sources(batchdata, inputs)}. Training stopped before any handler could save these weights; "
             "lower the learning rate or set grad_clip_norm."
@@ -288,7 +392,8 @@ class RDTrainer(SupervisedTrainer):
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets = batch[0], batch[1]
         feats_t = engine.teacher_features(batchdata, inputs)
-        if feats_t is not None and engine.reprogrammer is None:
+        uses_features = (engine.reprogrammer, engine.teacher_head, engine.feature_loss)
+        if feats_t is not None and all(m is None for m in uses_features):
             raise ValueError("the batch carries teacher features but the trainer has no reprogrammer (Phi).")
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         loss_fn: RDLoss = engine.loss_function  # type: ignore[assignment]
@@ -297,12 +402,19 @@ class RDTrainer(SupervisedTrainer):
             z_s = engine.network.forward_features(inputs)
             logits_s = engine.network.classify(z_s)
             z_t = logits_t = None
-            if feats_t is not None:
-                z_t = engine.reprogrammer(feats_t)  # type: ignore[misc]
+            if feats_t is not None and engine.reprogrammer is not None:
+                z_t = engine.reprogrammer(feats_t)
                 logits_t = engine.network.classify(z_t)
+            elif feats_t is not None and engine.teacher_head is not None:
+                with torch.no_grad():
+                    logits_t = engine.teacher_head(feats_t)
             engine.state.output[Keys.PRED] = logits_s
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             terms = loss_fn(logits_s, targets, logits_t, z_s, z_t)
+            if engine.feature_loss is not None and feats_t is not None:
+                feature_kd = engine.feature_loss(engine._feature_map.take(), feats_t)  # type: ignore[union-attr]
+                terms["loss"] = terms["loss"] + engine.feature_loss_weight * feature_kd
+                terms[FEATURE_KD_KEY] = feature_kd
             engine.state.output.update(terms)
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
@@ -310,7 +422,9 @@ class RDTrainer(SupervisedTrainer):
         acc = engine.accumulation_steps
         engine.network.train()
         if engine.reprogrammer is not None:
-            engine.reprogrammer.train()
+            engine.reprogrammer.train(not engine.direct_epochs)  # a directly reprogrammed Phi stays frozen
+        if engine.feature_loss is not None:
+            engine.feature_loss.train()
         if should_zero_grad:
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
@@ -339,7 +453,8 @@ class RDTrainer(SupervisedTrainer):
             engine._check_finite_weights(batchdata, inputs)
         engine.state.output["alpha"] = torch.tensor(loss_fn.alpha)
         engine.state.output["beta"] = torch.tensor(loss_fn.beta)
-        for k in RD_OUTPUT_KEYS[:5]:
-            engine.state.output[k] = engine.state.output[k].detach()
+        for k in (*RD_OUTPUT_KEYS[:5], FEATURE_KD_KEY):
+            if k in engine.state.output:
+                engine.state.output[k] = engine.state.output[k].detach()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
