@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,10 +9,8 @@ import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
-from monai.engines.utils import IterationEvents
-from monai.utils.enums import CommonKeys as Keys
 
-from monai_rd.engines.rd_trainer import RD_OUTPUT_KEYS, RDTrainer
+from monai_rd.engines.rd_trainer import RDTrainer
 from monai_rd.losses.dense_rd import DenseRDLoss
 
 __all__ = ["DenseRDTrainer"]
@@ -86,63 +83,6 @@ class DenseRDTrainer(RDTrainer):
             **kwargs,
         )
 
-    def _iteration(self, engine: DenseRDTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
-        # RDTrainer's iteration with the dense forward: Phi needs the student map's size, known only after S runs
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets = batch[0], batch[1]
-        feats_t = engine.teacher_features(batchdata, inputs)
-        if feats_t is not None and engine.reprogrammer is None:
-            raise ValueError("the batch carries teacher features but the trainer has no reprogrammer (Phi).")
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
-        loss_fn: DenseRDLoss = engine.loss_function  # type: ignore[assignment]
-
-        def _compute() -> None:
-            f_s = engine.network.forward_features(inputs)
-            logits_s = engine.network.classify(f_s)
-            f_t = logits_t = None
-            if feats_t is not None:
-                f_t = engine.reprogrammer(feats_t, spatial_size=tuple(f_s.shape[2:]))  # type: ignore[misc]
-                logits_t = engine.network.classify(f_t)
-            engine.state.output[Keys.PRED] = logits_s
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            engine.state.output.update(loss_fn(logits_s, targets, logits_t, f_s, f_t))
-            engine.fire_event(IterationEvents.LOSS_COMPLETED)
-
-        should_zero_grad, should_step = engine._accumulation_flags(engine)
-        acc = engine.accumulation_steps
-        engine.network.train()
-        if engine.reprogrammer is not None:
-            engine.reprogrammer.train()
-        if should_zero_grad:
-            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-
-        use_scaler = engine.amp and engine.scaler is not None
-        on_cuda = torch.device(engine.state.device).type == "cuda"
-        with torch.autocast("cuda", **engine.amp_kwargs) if use_scaler and on_cuda else contextlib.nullcontext():
-            _compute()
-        engine._check_finite_loss(batchdata, inputs)
-        loss = engine.state.output[Keys.LOSS]
-        scaled = loss / acc if acc > 1 else loss
-        (engine.scaler.scale(scaled) if use_scaler else scaled).backward()  # type: ignore[union-attr]
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        if should_step:
-            if engine.grad_clip_norm is not None:
-                if use_scaler:
-                    engine.scaler.unscale_(engine.optimizer)  # type: ignore[union-attr]
-                total_norm = torch.nn.utils.clip_grad_norm_(engine._trainable_parameters(), engine.grad_clip_norm)
-                if not use_scaler:
-                    engine._check_finite_grad_norm(total_norm, batchdata, inputs)
-            if use_scaler:
-                engine.scaler.step(engine.optimizer)  # type: ignore[union-attr]
-                engine.scaler.update()  # type: ignore[union-attr]
-            else:
-                engine.optimizer.step()
-            engine._check_finite_weights(batchdata, inputs)
-        engine.state.output["alpha"] = torch.tensor(loss_fn.alpha)
-        engine.state.output["beta"] = torch.tensor(loss_fn.beta)
-        for k in RD_OUTPUT_KEYS[:5]:
-            engine.state.output[k] = engine.state.output[k].detach()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
+    def reprogram(self, teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
+        """Dense Phi resampled to the student's last decoder map: (B, F, *spatial of ``student_features``)."""
+        return self.reprogrammer(teacher_features, spatial_size=tuple(student_features.shape[2:]))  # type: ignore[misc]

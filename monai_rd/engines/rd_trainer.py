@@ -386,6 +386,18 @@ class RDTrainer(SupervisedTrainer):
     def _trainable_parameters(self) -> Sequence[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
 
+    def reprogram(self, teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
+        """Phi on the teacher's features: ``z_T``, in the student's feature space.
+
+        Args:
+            teacher_features: (B, C_T, *spatial) or (B, C_T).
+            student_features: ``z_S``, (B, D); subclasses may use its shape (a dense Phi resamples to it).
+
+        Returns:
+            ``z_T`` with ``student_features``' shape.
+        """
+        return self.reprogrammer(teacher_features)  # type: ignore[misc]
+
     def _iteration(self, engine: RDTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
@@ -403,7 +415,7 @@ class RDTrainer(SupervisedTrainer):
             logits_s = engine.network.classify(z_s)
             z_t = logits_t = None
             if feats_t is not None and engine.reprogrammer is not None:
-                z_t = engine.reprogrammer(feats_t)
+                z_t = engine.reprogram(feats_t, z_s)
                 logits_t = engine.network.classify(z_t)
             elif feats_t is not None and engine.teacher_head is not None:
                 with torch.no_grad():
