@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from monai.networks.layers.factories import Act, Conv, Norm, Pool
+from monai.networks.layers.factories import Conv, Norm, Pool
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 
 __all__ = ["ReprogrammingNet", "ResidualMLPBlock"]
