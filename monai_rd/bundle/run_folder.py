@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from monai_rd.bundle.distributed import on_rank0, run_fingerprint
 from monai_rd.data.checks import check_writable
 from monai_rd.errors import CheckpointMismatchError, OutputFolderError
 
@@ -61,6 +62,10 @@ def prepare_run_folder(
 ) -> str | None:
     """Check the run's folders before any work and return the checkpoint to resume from.
 
+    In a multi-process run (``torchrun``) rank 0 alone checks, moves or refuses, and every rank gets its answer
+    (or its error) once it is done; the fingerprint gets the number of processes
+    (:func:`~monai_rd.bundle.distributed.run_fingerprint`).
+
     Args:
         ckpt_dir: the model/checkpoint folder (``--ckpt_dir``).
         output_dir: the metrics/plot folder (``--output_dir``).
@@ -80,6 +85,14 @@ def prepare_run_folder(
         CheckpointMismatchError: the checkpoint was written by another configuration (the differing settings are
             named).
     """
+    if fingerprint is not None:
+        fingerprint = run_fingerprint(fingerprint)
+    return on_rank0(_prepare_run_folder, ckpt_dir, output_dir, resume, overwrite, fingerprint)
+
+
+def _prepare_run_folder(
+    ckpt_dir: str, output_dir: str, resume: bool, overwrite: bool, fingerprint: Mapping[str, Any] | None
+) -> str | None:
     folders = {"ckpt_dir": ckpt_dir, "output_dir": output_dir}
     for folder in check_writable(*dict.fromkeys(folders.values())):
         os.makedirs(folder, exist_ok=True)

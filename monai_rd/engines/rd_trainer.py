@@ -6,7 +6,7 @@ import contextlib
 import inspect
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from monai_rd.engines.data_parallel import TrainableParts, average_gradients
 from monai_rd.errors import NonFiniteError
 from monai_rd.losses.rd import RDLoss
 from monai_rd.networks.feature_map import FeatureMapHook
@@ -101,6 +102,10 @@ class RDTrainer(SupervisedTrainer):
         feature_loss: a feature-distillation loss ``f(student_map, teacher_features)``.
         feature_loss_weight: its weight in the total loss.
         direct_epochs: epochs of training Phi and ``network.head`` alone before the run, then frozen (0: off).
+        parallel: wraps the trainable parts as one module (:class:`~monai_rd.engines.data_parallel.TrainableParts`:
+            student with its head, Phi, feature loss; never the teacher), e.g.
+            :func:`~monai_rd.engines.data_parallel.distributed_data_parallel` for multi-GPU training; each
+            step's trainable forward pass then runs through it.
         kwargs: other :class:`monai.engines.SupervisedTrainer` arguments (``amp``, ``accumulation_steps``,
             ``train_handlers``, ``key_train_metric``, ...).
 
@@ -132,6 +137,7 @@ class RDTrainer(SupervisedTrainer):
         feature_loss: nn.Module | None = None,
         feature_loss_weight: float = 1.0,
         direct_epochs: int = 0,
+        parallel: Callable[[nn.Module], nn.Module] | None = None,
         **kwargs: Any,
     ) -> None:
         for attr in ("forward_features", "classify"):
@@ -202,6 +208,11 @@ class RDTrainer(SupervisedTrainer):
             # frozen from the start, so a resumed run (which skips the direct stage) never trains them
             self._direct_parameters(trainable=False)
             self.add_event_handler(Events.EPOCH_STARTED, self._direct_reprogramming)
+        # one module for the whole trainable forward pass, so DDP sees one forward and one backward per step
+        # (see monai_rd.engines.data_parallel); built after direct reprogramming froze Phi and the head
+        parts = TrainableParts(self.trainable_forward, network=network, reprogrammer=self.reprogrammer,
+                               feature_loss=self.feature_loss)
+        self.trainable_step = parallel(parts) if parallel is not None else parts
 
     def teacher_features(self, batchdata: dict, inputs: torch.Tensor) -> torch.Tensor | None:
         """Teacher features for a batch, without grad.
@@ -278,6 +289,7 @@ class RDTrainer(SupervisedTrainer):
                     )
                 opt.zero_grad()
                 loss.backward()
+                average_gradients(params)  # outside DDP: keep Phi and the head identical on every rank
                 opt.step()
                 total, count = total + float(loss.detach()) * len(targets), count + len(targets)
             schedule.step()
@@ -398,6 +410,29 @@ class RDTrainer(SupervisedTrainer):
         """
         return self.reprogrammer(teacher_features)  # type: ignore[misc]
 
+    def trainable_forward(self, inputs: torch.Tensor, feats_t: torch.Tensor | None) -> tuple:
+        """The step's forward pass through every trainable part (what ``trainable_step`` runs).
+
+        Args:
+            inputs: (B, C, *spatial) student inputs on the device.
+            feats_t: teacher features (B, C_T, *spatial) or (B, C_T), or None (the student alone).
+
+        Returns:
+            ``(z_S, student logits, z_T or None, teacher-branch logits or None, feature-KD term or None)``.
+        """
+        z_s = self.network.forward_features(inputs)
+        logits_s = self.network.classify(z_s)
+        z_t = logits_t = feature_kd = None
+        if feats_t is not None and self.reprogrammer is not None:
+            z_t = self.reprogram(feats_t, z_s)
+            logits_t = self.network.classify(z_t)
+        elif feats_t is not None and self.teacher_head is not None:
+            with torch.no_grad():
+                logits_t = self.teacher_head(feats_t)
+        if self.feature_loss is not None and feats_t is not None:
+            feature_kd = self.feature_loss(self._feature_map.take(), feats_t)  # type: ignore[union-attr]
+        return z_s, logits_s, z_t, logits_t, feature_kd
+
     def _iteration(self, engine: RDTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
@@ -411,20 +446,11 @@ class RDTrainer(SupervisedTrainer):
         loss_fn: RDLoss = engine.loss_function  # type: ignore[assignment]
 
         def _compute() -> None:
-            z_s = engine.network.forward_features(inputs)
-            logits_s = engine.network.classify(z_s)
-            z_t = logits_t = None
-            if feats_t is not None and engine.reprogrammer is not None:
-                z_t = engine.reprogram(feats_t, z_s)
-                logits_t = engine.network.classify(z_t)
-            elif feats_t is not None and engine.teacher_head is not None:
-                with torch.no_grad():
-                    logits_t = engine.teacher_head(feats_t)
+            z_s, logits_s, z_t, logits_t, feature_kd = engine.trainable_step(inputs, feats_t)
             engine.state.output[Keys.PRED] = logits_s
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             terms = loss_fn(logits_s, targets, logits_t, z_s, z_t)
-            if engine.feature_loss is not None and feats_t is not None:
-                feature_kd = engine.feature_loss(engine._feature_map.take(), feats_t)  # type: ignore[union-attr]
+            if feature_kd is not None:
                 terms["loss"] = terms["loss"] + engine.feature_loss_weight * feature_kd
                 terms[FEATURE_KD_KEY] = feature_kd
             engine.state.output.update(terms)

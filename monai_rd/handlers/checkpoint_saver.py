@@ -13,6 +13,8 @@ from ignite.handlers import Checkpoint, DiskSaver
 
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 
+from monai_rd.bundle.distributed import rank
+
 __all__ = ["CrashSafeCheckpointSaver"]
 
 
@@ -64,7 +66,10 @@ class CrashSafeCheckpointSaver(_MonaiCheckpointSaver):
                 ckpt.save_handler = _CrashSafeDiskSaver(save_dir, getattr(ckpt.save_handler, "filename", None))
 
     def attach(self, engine: Engine) -> None:
-        """Attach as MONAI's saver does, after adopting the periodic checkpoints already in ``save_dir``."""
+        """Attach as MONAI's saver does, after adopting the periodic checkpoints already in ``save_dir``; in a
+        multi-process run only rank 0 saves, so the other ranks attach nothing."""
+        if rank() != 0:
+            return
         ckpt = self._interval_checkpoint
         if ckpt is not None:
             # ignite names the file after the single saved object, or "checkpoint" for several

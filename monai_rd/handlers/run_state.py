@@ -13,6 +13,7 @@ import torch
 
 from monai.transforms import Compose, Randomizable
 
+from monai_rd.bundle.distributed import run_fingerprint
 from monai_rd.errors import CheckpointMismatchError
 
 __all__ = ["RunState", "data_digest"]
@@ -91,7 +92,8 @@ class RunState:
         stateful: Sequence[Any] = (),
         trainer: Any | None = None,
     ) -> None:
-        self.fingerprint = json.loads(json.dumps(dict(fingerprint), default=str))
+        # with the number of processes in a multi-process run, as prepare_run_folder checks it
+        self.fingerprint = json.loads(json.dumps(run_fingerprint(fingerprint), default=str))
         self.evaluator = evaluator
         self.best_saver = best_saver
         self.transforms = _randomizables(transforms)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from monai_rd.bundle.generate import GENERATED, generate_bundle, main, set_by_id
+from monai_rd.bundle.generate import GENERATED, OVERLAYS, generate_bundle, main, set_by_id
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLES = sorted(
@@ -59,3 +59,28 @@ def test_check_mode_reports_a_stale_file(tmp_path, monkeypatch, capsys):
     (bundle / "train.json").write_text("{}")
     assert main(["--check"]) == 1
     assert "train.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=os.path.basename)
+def test_multi_gpu_overlay_is_generated_for_every_bundle(bundle):
+    """Catches a bundle without the overlay, and an overlay whose initialize drops train.json's own entries
+    (a later config file replaces the whole list, so the generator must repeat them after the overlay's)."""
+    out = generate_bundle(bundle)
+    assert set(out) == {*GENERATED, *OVERLAYS}
+    train, overlay = json.loads(out["train.json"]), json.loads(out["multi_gpu_train.json"])
+    assert overlay["initialize"][: -len(train["initialize"])] == ["$@device"]
+    assert overlay["initialize"][-len(train["initialize"]):] == train["initialize"]
+    assert "<bundle>" not in out["multi_gpu_train.json"]
+    assert f"bundles/{os.path.basename(bundle)}/configs/multi_gpu_train.json" in overlay["_desc_"]
+
+
+def test_check_mode_reports_a_stale_overlay(tmp_path, monkeypatch, capsys):
+    bundle = tmp_path / "bundles" / "rd_x" / "configs"
+    bundle.mkdir(parents=True)
+    (bundle / "overrides.json").write_text(json.dumps({"common": {"image_size": 32}}))
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0 and (bundle / "multi_gpu_train.json").is_file()
+    assert main(["--check"]) == 0
+    (bundle / "multi_gpu_train.json").write_text("{}")
+    assert main(["--check"]) == 1
+    assert "multi_gpu_train.json" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Every `python -m monai.bundle` command of the README and the demo docs, run exactly as typed there.
+"""Every `python -m monai.bundle` (and `torchrun ... -m monai.bundle`) command of the README and the demo docs, run
+exactly as typed there.
 
 The commands run in a scratch copy of the repository root whose demo bundle has a smaller datalist (35 training,
 10 validation, 10 test patches of the real data), so the defaults (15 epochs, batch 32) finish in seconds; the
@@ -25,12 +26,12 @@ pytestmark = pytest.mark.slow
 
 
 def doc_commands(path: str) -> list[str]:
-    """The `python -m monai.bundle` commands of a Markdown file's bash blocks, continuation lines joined."""
+    """The `python -m monai.bundle` and `torchrun` commands of a Markdown file's bash blocks, continuation lines joined."""
     text = open(os.path.join(REPO, path)).read()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
-            if line.strip().startswith("python -m monai.bundle"):
+            if line.strip().startswith(("python -m monai.bundle", "torchrun ")):
                 commands.append(" ".join(re.sub(r"\s#\s.*$", "", line).split()))  # comment dropped, as bash does
     return commands
 
@@ -59,7 +60,8 @@ def _run(command, cwd):
 
 def test_every_documented_command_runs_as_typed(root):
     commands = list(dict.fromkeys(c for doc in DOCS for c in doc_commands(doc)))
-    assert len(commands) >= 9 and any("--distill false" in c for c in commands)
+    assert len(commands) >= 10 and any("--distill false" in c for c in commands)
+    assert any(c.startswith("torchrun ") for c in commands)
     for command in commands:
         _run(command, root)
     models, evald = root / DEMO / "models", root / DEMO / "eval"
@@ -79,6 +81,9 @@ def test_every_documented_command_runs_as_typed(root):
     assert rows[0] == ["image", "cerebellum", "frontal", "occipital", "parietal", "temporal", "predicted"]
     assert len(rows) - 1 == len(os.listdir(root / DEMO / "data" / "frontal"))
     assert os.path.getsize(models / "model.ts") > 1000
+    # the two-process run wrote one set of outputs (rank 0), from both ranks' validation images
+    ddp = json.load(open(evald / "ddp" / "val_metrics.json"))
+    assert sum(map(sum, ddp["history"][-1]["confusion_matrix"])) == 10
 
 
 def test_a_mistyped_flag_stops_at_once_with_a_message_naming_it(root, tmp_path):

@@ -14,27 +14,18 @@ from ignite.engine import Events
 import monai.bundle
 
 from monai_rd.errors import CheckpointMismatchError, OutputFolderError, find_rd_error
+from demo_subset import write_demo_subset  # tests/bundles, on sys.path under pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundles", "rd_demo")
 CONFIGS = os.path.join(BUNDLE, "configs")
 
 
-def _subset(path, per_class):
-    full = json.load(open(os.path.join(CONFIGS, "datalist.json")))
-    sub = {"classes": full["classes"], "seed": full["seed"]}
-    for split, k in per_class.items():
-        sub[split] = [it for c in range(len(full["classes"])) for it in [i for i in full[split] if i["label"] == c][:k]]
-    with open(path, "w") as f:
-        json.dump(sub, f)
-    return sub
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Two epochs on a small subset of the real demo split (real MRI patches, real EfficientNet-Lite0 teacher)."""
     tmp = tmp_path_factory.mktemp("rd_demo")
-    sub = _subset(tmp / "datalist.json", {"training": 4, "validation": 2, "test": 2})
+    sub = write_demo_subset(tmp / "datalist.json", {"training": 4, "validation": 2, "test": 2})
     overrides = {
         "bundle_root": BUNDLE,
         "datalist_json": str(tmp / "datalist.json"),
@@ -143,7 +134,7 @@ def _train_cli(tmp, name, *extra):
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
-    _subset(tmp_path / "datalist.json", {"training": 4, "validation": 2, "test": 2})
+    write_demo_subset(tmp_path / "datalist.json", {"training": 4, "validation": 2, "test": 2})
     subprocess.run(_train_cli(tmp_path, "whole"), check=True, capture_output=True, timeout=600)
     proc = subprocess.Popen(_train_cli(tmp_path, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / "models" / "checkpoint_epoch=2.pt"
