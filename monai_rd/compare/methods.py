@@ -16,7 +16,7 @@ import torch.nn as nn
 from monai_rd.bundle.options import as_bool, as_optional_float
 from monai_rd.errors import OptionError
 
-__all__ = ["METHODS", "Method", "as_method", "create_feature_loss", "distill_weight", "method_spec"]
+__all__ = ["METHODS", "Method", "as_method", "create_feature_loss", "distill_weight", "method_spec", "teacher_lr"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +28,14 @@ class Method:
         summary: one line for tables and ``--help``.
         teacher: builds the teacher (and its feature cache).
         phi: trains RD's reprogramming module Phi with the shared head.
-        probe: fits the teacher's linear probe on its pooled training features before training.
-        kd_from_probe: the student distils the probe's logits (Hinton KD).
-        deploys_teacher: the evaluated model is the teacher and its probe; no student is trained.
+        probe: the teacher gets a linear head (``teacher_probe``), fitted as its linear probe on its pooled
+            training features before training.
+        adapt: ``finetune`` (every teacher weight) or ``lora`` (LoRA adapters, HF ``peft``): the teacher and that
+            head are then trained end to end on the training split (LP-FT, :func:`monai_rd.engines.adapt_teacher`)
+            before the feature cache is built, then frozen; everything after sees the adapted teacher.
+        teacher_lr: the adaptation's default AdamW learning rate (``--teacher_lr``).
+        kd_from_probe: the student distils the (adapted) teacher's head logits (Hinton KD).
+        deploys_teacher: the evaluated model is the (adapted) teacher and its head; no student is trained.
         feature_loss: ``fitnets``, ``at``, ``sp`` or ``crd``: a feature-distillation term.
         feature_weight: that term's default weight (RepDistiller's benchmark values; ``--distill_weight``).
         alpha: fixed start of the teacher-branch CE weight (None: ``--alpha_start``).
@@ -43,6 +48,8 @@ class Method:
     teacher: bool = True
     phi: bool = False
     probe: bool = False
+    adapt: str | None = None
+    teacher_lr: float = 0.0
     kd_from_probe: bool = False
     deploys_teacher: bool = False
     feature_loss: str | None = None
@@ -73,6 +80,31 @@ METHODS: dict[str, Method] = {
         ),
         Method("kd", "Hinton KD from the teacher's linear probe", probe=True, kd_from_probe=True, alpha=0.0),
         Method("probe", "the teacher's linear probe (deploys the teacher)", probe=True, deploys_teacher=True),
+        Method(
+            "finetune",
+            "the teacher fine-tuned end to end with a linear head (LP-FT; deploys the teacher: the ceiling)",
+            probe=True,
+            adapt="finetune",
+            teacher_lr=1e-4,
+            deploys_teacher=True,
+        ),
+        Method(
+            "lora",
+            "the teacher adapted with LoRA (peft) and a linear head (deploys the teacher: the PEFT ceiling)",
+            probe=True,
+            adapt="lora",
+            teacher_lr=1e-3,
+            deploys_teacher=True,
+        ),
+        Method(
+            "lora_kd",
+            "PEFT + KD: Hinton KD from the LoRA-adapted teacher and its head",
+            probe=True,
+            adapt="lora",
+            teacher_lr=1e-3,
+            kd_from_probe=True,
+            alpha=0.0,
+        ),
         Method("fitnets", "FitNets hint on a 1x1-projected student map", feature_loss="fitnets", feature_weight=100.0),
         Method("at", "attention transfer", feature_loss="at", feature_weight=1000.0),
         Method("sp", "similarity-preserving KD", feature_loss="sp", feature_weight=3000.0),
@@ -124,6 +156,20 @@ def distill_weight(method: Method, value: Any) -> float:
     if weight < 0:
         raise OptionError(f"--distill_weight must be at least 0, got {weight}.")
     return weight
+
+
+def teacher_lr(method: Method, value: Any) -> float:
+    """The teacher adaptation's learning rate: ``--teacher_lr``, or the method's default when it is null.
+
+    Raises:
+        OptionError: a non-positive or non-numeric value.
+    """
+    lr = as_optional_float(value, "teacher_lr")
+    if lr is None:
+        return method.teacher_lr
+    if lr <= 0:
+        raise OptionError(f"--teacher_lr must be positive, got {lr}.")
+    return lr
 
 
 def create_feature_loss(

@@ -371,9 +371,19 @@ class TeacherFeatureCache:
 
         Raises:
             FileNotFoundError: an image is missing (named).
-            RuntimeError: an image fails in the transform or the teacher (the error names its path), or this is
-                a pickled copy and ``data`` has items it does not hold.
+            RuntimeError: an image fails in the transform or the teacher (the error names its path), this is
+                a pickled copy and ``data`` has items it does not hold, or the teacher's weights changed since
+                the cache was built.
         """
+        if self.teacher is not None and not self._copy:
+            # keyed at every build: the teacher may have changed in place since (adapted: --method finetune/lora*)
+            previous, self._teacher_id = self._teacher_id, None
+            if self._rows and previous is not None and self.teacher_id != previous:
+                raise RuntimeError(
+                    "teacher-feature cache: the teacher's weights changed since this cache was built, so its rows "
+                    "are stale; build a new cache after changing the teacher."
+                )
+            self.teacher_id  # noqa: B018 - computed now, from the weights the rows below are computed with
         new: list[tuple[int, dict, str, str]] = []  # (index in data, item, normalised path, disk key)
         seen = set(self._rows)
         config = self.config_id if self.cache_dir else ""
@@ -399,6 +409,30 @@ class TeacherFeatureCache:
             len(self), self.views, self.misses, self.hits, self.nbytes / 2**20,
             "in memory" if self.in_memory else f"memory-mapped from {self._shard}.*",
         )
+        return self
+
+    def adopt(self, built: TeacherFeatureCache) -> TeacherFeatureCache:
+        """Serve the rows another process built: the other ranks of a distributed run adopt rank 0's in-memory
+        cache (sent as a pickled copy) instead of running the teacher themselves.
+
+        Args:
+            built: a built cache of the same views and storage dtype (typically a pickled copy).
+
+        Returns:
+            self.
+
+        Raises:
+            ValueError: ``built`` has other views or another storage dtype.
+        """
+        if (built.views, built.dtype) != (self.views, self.dtype):
+            raise ValueError(
+                f"cannot adopt a teacher-feature cache of {built.views} view(s) in {built.dtype} into one of "
+                f"{self.views} view(s) in {self.dtype}; build both from the same configuration."
+            )
+        self._features, self._images, self._shard = built._features, built._images, built._shard
+        self._rows, self._keys, self._paths = dict(built._rows), list(built._keys), list(built._paths)
+        self._teacher_id = self._teacher_id or built._teacher_id
+        self.hits += len(built)
         return self
 
     def _build_on_disk(self, new: list[tuple[int, dict, str, str]]) -> None:

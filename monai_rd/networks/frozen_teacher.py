@@ -145,17 +145,29 @@ class FrozenTeacher(nn.Module):
             Features (B, C_T, *spatial_T) or (B, C_T), float32, without grad.
         """
         with torch.no_grad():
-            x = self.preprocess(x)
-            if self.autocast_dtype is not None:
-                with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
-                    feats = self._features(x)
-            else:
+            return self.extract(x)
+
+    def extract(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with autograd left as the caller set it: only for adapting the teacher before it is
+        used frozen (``monai_rd.engines.adapt_teacher``).
+
+        Args:
+            x: (B, C, *spatial) images in [0, 1].
+
+        Returns:
+            Features (B, C_T, *spatial_T) or (B, C_T), float32.
+        """
+        x = self.preprocess(x)
+        if self.autocast_dtype is not None:
+            with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
                 feats = self._features(x)
-            if isinstance(feats, (tuple, list)):
-                feats = feats[0]
-            if feats.ndim == 3:  # ViT tokens (B, N, C)
-                feats = tokens_to_map(feats, self.num_prefix_tokens)
-            return feats.float()
+        else:
+            feats = self._features(x)
+        if isinstance(feats, (tuple, list)):
+            feats = feats[0]
+        if feats.ndim == 3:  # ViT tokens (B, N, C)
+            feats = tokens_to_map(feats, self.num_prefix_tokens)
+        return feats.float()
 
     @property
     def out_channels(self) -> int:

@@ -255,6 +255,14 @@ class TeacherLinearProbe(nn.Module):
         self.register_state_dict_post_hook(_drop_teacher_keys)
         self.register_load_state_dict_post_hook(_teacher_keys_not_missing)
 
+    def checkpointed_teacher_key(self, key: str) -> bool:
+        """Whether the teacher's state entry ``key`` (relative to the teacher) goes into this model's checkpoint.
+
+        None does here: the teacher comes from its own weights. A subclass that adapts the teacher saves what it
+        changed (:class:`~monai_rd.networks.AdaptedTeacherClassifier`).
+        """
+        return False
+
     def train(self, mode: bool = True) -> TeacherLinearProbe:
         super().train(mode)
         self.teacher.eval()  # frozen: BatchNorm statistics and dropout never change
@@ -280,11 +288,19 @@ class TeacherLinearProbe(nn.Module):
         return self.classify(self.forward_features(x))
 
 
-def _drop_teacher_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + "teacher.")]:
-        del state_dict[key]
+def _drop_teacher_keys(module: TeacherLinearProbe, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    start = prefix + "teacher."
+    for key in [k for k in state_dict if k.startswith(start)]:
+        if not module.checkpointed_teacher_key(key[len(start) :]):
+            del state_dict[key]
 
 
-def _teacher_keys_not_missing(module: nn.Module, incompatible_keys: Any) -> None:
+def _teacher_keys_not_missing(module: TeacherLinearProbe, incompatible_keys: Any) -> None:
+    def expected(key: str) -> bool:
+        head, sep, rest = key.partition("teacher.")  # the key relative to the teacher, wherever this model sits
+        if not sep or (head and not head.endswith(".")):
+            return True
+        return module.checkpointed_teacher_key(rest)
+
     missing = incompatible_keys.missing_keys
-    missing[:] = [k for k in missing if not k.startswith("teacher.") and ".teacher." not in k]
+    missing[:] = [k for k in missing if expected(k)]

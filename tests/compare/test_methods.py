@@ -7,10 +7,10 @@ import pytest
 
 from monai.bundle import ConfigParser
 
-from monai_rd.compare import METHODS, as_method, create_feature_loss, distill_weight, method_spec
+from monai_rd.compare import METHODS, as_method, create_feature_loss, distill_weight, method_spec, teacher_lr
 from monai_rd.errors import OptionError, find_rd_error
 from monai_rd.losses import ContrastiveRepresentationLoss, FitNetsLoss
-from monai_rd.networks import StudentClassifier
+from monai_rd.networks import AdaptedTeacherClassifier, StudentClassifier
 from monai_rd.networks.linear_probe import LinearProbe, TeacherLinearProbe
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -107,3 +107,56 @@ def test_distill_false_with_another_method_stops_before_any_work(datalist):
     with pytest.raises(Exception) as info:
         _parse(datalist, method="kd", distill="false").get_parsed_content("opt")
     assert isinstance(find_rd_error(info.value), OptionError)
+
+
+def test_adapted_teacher_methods_document_themselves_and_default_their_learning_rate():
+    """Catches a baseline missing from --help, or finetune run at LoRA's (10x larger) learning rate."""
+    from monai_rd.compare.cli import _parser
+
+    epilog = _parser().epilog
+    assert all(f"  {m:14s} {METHODS[m].summary}" in epilog for m in ("finetune", "lora", "lora_kd"))
+    assert (METHODS["finetune"].adapt, METHODS["lora"].adapt, METHODS["lora_kd"].adapt) == ("finetune", "lora", "lora")
+    assert METHODS["finetune"].deploys_teacher and METHODS["lora"].deploys_teacher and METHODS["lora_kd"].kd_from_probe
+    assert teacher_lr(METHODS["finetune"], None) == 1e-4 and teacher_lr(METHODS["lora_kd"], "null") == 1e-3
+    assert teacher_lr(METHODS["lora"], "0.01") == 0.01
+    with pytest.raises(OptionError, match="teacher_lr must be positive"):
+        teacher_lr(METHODS["lora"], 0)
+
+
+@pytest.mark.parametrize("method", ["finetune", "lora"])
+def test_finetune_and_lora_validate_and_test_the_adapted_teacher_and_save_what_was_adapted(datalist, method):
+    """Catches finetune/lora deploying the unadapted teacher's probe (model.pt without the adapted weights)."""
+    parser = _parse(datalist, method=method, teacher_epochs=3)
+    network = parser.get_parsed_content("network")
+    assert isinstance(network, AdaptedTeacherClassifier) and network.mode == method
+    assert network.teacher is parser.get_parsed_content("teacher")
+    assert network.probe is parser.get_parsed_content("teacher_probe")
+    assert parser.get_parsed_content("validate#evaluator").network is network
+    teacher_keys = [k for k in network.state_dict() if k.startswith("teacher.")]
+    if method == "finetune":
+        assert len(teacher_keys) == len(network.teacher.model.state_dict())
+    else:  # the LoRA adapters only: the base weights come from the teacher's own file
+        assert teacher_keys and all("lora_" in k for k in teacher_keys)
+    lr = 1e-4 if method == "finetune" else 1e-3
+    assert parser.get_parsed_content("opt#teacher_epochs") == 3 and parser.get_parsed_content("opt#teacher_lr") == lr
+    assert not parser.get_parsed_content("train#use_cache")  # no student: no teacher features to cache
+    fingerprint = parser.get_parsed_content("train#fingerprint")
+    assert fingerprint["teacher_adaptation"][:2] == [3, lr]
+    other = _parse(datalist, method=method, teacher_epochs=4).get_parsed_content("train#fingerprint")
+    assert other["teacher_adaptation"] != fingerprint["teacher_adaptation"]  # a resume with other settings is refused
+    assert "teacher_adaptation" not in _parse(datalist, method="kd").get_parsed_content("train#fingerprint")
+
+
+def test_lora_kd_distils_the_lora_adapted_teacher_and_its_head(datalist):
+    """Catches lora_kd distilling a teacher without adapters, or training the teacher inside the student's run."""
+    parser = _parse(datalist, method="lora_kd", lora_rank=4, lora_targets="['_project_conv']")
+    trainer = parser.get_parsed_content("train#trainer")
+    classifier = parser.get_parsed_content("teacher_classifier")
+    assert isinstance(parser.get_parsed_content("network"), StudentClassifier)
+    assert trainer.teacher is classifier.teacher is parser.get_parsed_content("teacher")
+    assert trainer.teacher_head is classifier.probe and trainer.reprogrammer is None
+    assert classifier.mode == "lora" and len(classifier.adapted_layers) == 16  # every MBConv block's projection
+    assert all(layer.endswith("_project_conv") for layer in classifier.adapted_layers)
+    assert not {id(p) for p in classifier.parameters()} & _optimised(parser)
+    assert parser.get_parsed_content("opt#alpha_start") == 0.0
+    assert parser.get_parsed_content("train#fingerprint")["teacher_adaptation"] == [2, 1e-3, 4, 16.0, ["_project_conv"]]

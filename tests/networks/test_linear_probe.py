@@ -104,6 +104,17 @@ def test_teacher_probe_keeps_only_the_probe_in_its_state_and_the_teacher_frozen(
     assert sum(p.numel() for p in model.parameters()) == 4 * 9 + 4 + 8 + 4 * 2 + 2  # what deploying it costs
 
 
+def test_teacher_probe_inside_another_module_still_needs_only_its_probe_but_nothing_else_is_excused():
+    """Catches the teacher-key exemption missing when the probe is nested, or excusing other missing keys."""
+    torch.manual_seed(0)
+    outer = nn.ModuleDict({"deployed": TeacherLinearProbe(_Teacher(), LinearProbe(4, 2)), "extra": nn.Linear(2, 2)})
+    state = outer.state_dict()
+    assert sorted(state) == ["deployed.probe.linear.bias", "deployed.probe.linear.weight", "extra.bias", "extra.weight"]
+    outer.load_state_dict(state)
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*extra.weight"):
+        outer.load_state_dict({k: v for k, v in state.items() if k != "extra.weight"})
+
+
 class _Cache:
     """Stands in for a built TeacherFeatureCache holding two images."""
 
