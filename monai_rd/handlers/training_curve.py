@@ -93,6 +93,11 @@ class TrainingCurvePlotter:
                 self.metrics.setdefault(k, []).append(float(torch.as_tensor(evaluator.state.metrics[k])))
         self.metric_epochs.append(epoch)
 
+    def _base_metric(self, name: str) -> str | None:
+        """The plotted metric ``m`` that ``name`` is ``<prefix>_m`` of (the longest), or None."""
+        bases = [m for m in self.metrics if m != name and name.endswith("_" + m)]
+        return max(bases, key=len) if bases else None
+
     def plot(self) -> None:
         """Draw losses (left) and validation metrics (right) and write the PNG."""
         import matplotlib
@@ -107,8 +112,14 @@ class TrainingCurvePlotter:
         ax_l.set(xlabel="epoch", ylabel="loss (epoch mean)", title="training loss terms")
         if any(self.losses.values()):
             ax_l.legend(fontsize=8)
-        for k, v in self.metrics.items():
-            ax_m.plot(self.metric_epochs[-len(v) :], v, marker="o", label=k)
+        colours: dict[str, str] = {}
+        # a metric named <prefix>_<m> (e.g. teacher_branch_accuracy, from MetricsFromEvaluator) is drawn dashed in
+        # <m>'s colour, so the two are told apart even where they coincide
+        for k, v in sorted(self.metrics.items(), key=lambda kv: self._base_metric(kv[0]) is not None):
+            base = self._base_metric(k)
+            style = {"linestyle": "--", "marker": "x", "color": colours.get(base)} if base else {"marker": "o"}
+            (line,) = ax_m.plot(self.metric_epochs[-len(v) :], v, label=k, **style)
+            colours[k] = line.get_color()
         ax_m.set(xlabel="epoch", ylabel="metric", title="validation")
         if self.metrics:
             ax_m.legend(fontsize=8)
