@@ -16,9 +16,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["AAL_LOBES", "LOBE_CLASSES", "aal_lobe_map", "derive_brain_lobe_patches"]
+__all__ = [
+    "AAL_LOBES",
+    "LOBE_CLASSES",
+    "MRICRON_FILES",
+    "aal_lobe_map",
+    "derive_brain_lobe_patches",
+    "load_colin27_aal",
+    "mricron_arg_parser",
+]
 
 MRICRON_DIR = "/usr/share/mricron/templates"
+# the Colin27 MRI, the AAL atlas on its grid and the atlas' label table
+MRICRON_FILES = ("ch2.nii.gz", "aal.nii.gz", "aal.nii.txt")
 # first digit of the AAL region code (aal.nii.txt, third column) -> lobe
 AAL_LOBES = {2: "frontal", 5: "occipital", 6: "parietal", 8: "temporal", 9: "cerebellum"}
 LOBE_CLASSES = ("cerebellum", "frontal", "occipital", "parietal", "temporal")
@@ -120,23 +130,71 @@ def derive_brain_lobe_patches(
     return counts
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _mricron_paths(mricron_dir: str) -> list[str]:
+    """The paths of :data:`MRICRON_FILES` in ``mricron_dir``; raises FileNotFoundError naming a missing one."""
+    paths = [os.path.join(mricron_dir, f) for f in MRICRON_FILES]
+    for f in paths:
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"{f} not found: install Debian's mricron-data (apt-get install mricron-data).")
+    return paths
+
+
+def load_colin27_aal(mricron_dir: str = MRICRON_DIR) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """Read the Colin27 MRI, the AAL atlas and the atlas' lobe map from Debian's ``mricron-data`` folder.
+
+    Args:
+        mricron_dir: folder with :data:`MRICRON_FILES`.
+
+    Returns:
+        ``(image, atlas, lobe_of_label)``: (X, Y, Z) float32 1 mm MRI, (X, Y, Z) int32 AAL labels on its grid, and
+        :func:`aal_lobe_map` of the label table.
+
+    Raises:
+        FileNotFoundError: a file of :data:`MRICRON_FILES` is missing.
+    """
     import nibabel as nib
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder (class folders of PNG are created in it)")
-    p.add_argument("--mricron-dir", default=MRICRON_DIR, help="folder with ch2.nii.gz, aal.nii.gz, aal.nii.txt")
+    ch2, aal, aal_txt = _mricron_paths(mricron_dir)
+    image = np.asarray(nib.load(ch2).dataobj, dtype=np.float32)
+    atlas = np.asarray(nib.load(aal).dataobj, dtype=np.int32)
+    return image, atlas, aal_lobe_map(aal_txt)
+
+
+def _mricron_dir_arg(value: str) -> str:
+    # argparse turns the error into a usage message, so a missing package is reported before any work
+    try:
+        _mricron_paths(value)
+    except FileNotFoundError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return value
+
+
+def mricron_arg_parser(description: str, out_help: str) -> argparse.ArgumentParser:
+    """The command line shared by the Colin27 derivations: ``--out`` and ``--mricron-dir`` (checked when parsed).
+
+    Args:
+        description: the command's help text (its module docstring).
+        out_help: what ``--out`` receives.
+
+    Returns:
+        A parser to add the derivation's own options to.
+    """
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument(
+        "--mricron-dir", default=MRICRON_DIR, type=_mricron_dir_arg, help="folder with " + ", ".join(MRICRON_FILES)
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = mricron_arg_parser(__doc__, "output folder (class folders of PNG are created in it)")
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--block", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    paths = [os.path.join(a.mricron_dir, f) for f in ("ch2.nii.gz", "aal.nii.gz", "aal.nii.txt")]
-    for f in paths:
-        if not os.path.isfile(f):
-            raise SystemExit(f"{f} not found: install Debian's mricron-data (apt-get install mricron-data).")
-    image = np.asarray(nib.load(paths[0]).dataobj, dtype=np.float32)
-    atlas = np.asarray(nib.load(paths[1]).dataobj, dtype=np.int32)
-    counts = derive_brain_lobe_patches(image, atlas, aal_lobe_map(paths[2]), a.out, a.patch, block=a.block, seed=a.seed)
+    image, atlas, lobe_of_label = load_colin27_aal(a.mricron_dir)
+    counts = derive_brain_lobe_patches(image, atlas, lobe_of_label, a.out, a.patch, block=a.block, seed=a.seed)
     print({k: counts[k] for k in sorted(counts)})
 
 

