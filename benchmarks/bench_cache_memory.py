@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import gc
 import glob
-import json
 import os
 import pickle
 import shutil
@@ -59,7 +58,14 @@ for _p in (REPO, HERE):  # run from a checkout without `pip install -e .`; reuse
     if _p not in sys.path:
         sys.path.insert(1, _p)
 
-from bench_speed import _malloc_trim, cpu_pressure, machine_info  # noqa: E402
+from bench_speed import (  # noqa: E402
+    _malloc_trim,
+    cpu_pressure,
+    machine_info,
+    result_header,
+    start_device,
+    write_result,
+)
 
 from monai_rd.data import TeacherFeatureCache  # noqa: E402
 
@@ -256,23 +262,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the result dict (and writes it with ``--json``)."""
     args = parse_args(argv)
     t_start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda given but CUDA is not available.")
+    device = start_device(args)
     machine, psi_start = machine_info(device), cpu_pressure()
     machine["mem_available_gib_at_start"] = _mem_available_gib()
     machine["damon_pageout"] = _damon_pageout()
     work = args.workdir or tempfile.mkdtemp(prefix="bench_cache_memory_")
     cache_dir = os.path.join(work, "cache")
     memory = MemorySampler().start()
-    result: dict[str, Any] = {
-        "benchmark": "benchmarks/bench_cache_memory.py",
-        "command": "python benchmarks/bench_cache_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine,
-    }
+    result: dict[str, Any] = result_header("bench_cache_memory.py", argv, machine)
     try:
         memory.enter("datalist")
         t0 = time.perf_counter()
@@ -406,9 +403,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         flush=True,
     )
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_result(result, args.json)
     return result
 
 

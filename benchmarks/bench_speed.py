@@ -166,6 +166,54 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def start_device(args: argparse.Namespace) -> torch.device:
+    """Apply a benchmark's ``--threads`` and resolve its ``--device``.
+
+    Args:
+        args: parsed options with ``threads`` (0 or None: torch's default) and ``device``.
+
+    Returns:
+        The device to run on.
+
+    Raises:
+        RuntimeError: ``--device cuda`` on a machine without CUDA.
+    """
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda given but CUDA is not available.")
+    return device
+
+
+def result_header(script: str, argv: Sequence[str] | None, machine: dict[str, Any]) -> dict[str, Any]:
+    """The fields every benchmark result JSON starts with.
+
+    Args:
+        script: the benchmark's file name in ``benchmarks/`` (e.g. ``"bench_speed.py"``).
+        argv: the arguments ``main`` got (None: the process' own).
+        machine: :func:`machine_info` (later additions show in the result, it is the same dict).
+
+    Returns:
+        ``{"benchmark", "command", "date_utc", "machine"}``.
+    """
+    return {
+        "benchmark": f"benchmarks/{script}",
+        "command": f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine,
+    }
+
+
+def write_result(result: dict[str, Any], path: str) -> None:
+    """Write a benchmark result as indented JSON (values JSON lacks as strings), creating the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+        f.write("\n")
+    print(f"wrote {path}")
+
+
 # ------------------------------------------------------------------------------------------------ memory
 
 
@@ -503,11 +551,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     args = parse_args(argv)
     t_start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda given but CUDA is not available.")
+    device = start_device(args)
     machine = machine_info(device)
     psi_start = cpu_pressure()
 
@@ -577,10 +621,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             (psi_end["total"] - psi_start["total"]) / 1e6 / (time.perf_counter() - t_start), 3
         )
     result: dict[str, Any] = {
-        "benchmark": "benchmarks/bench_speed.py",
-        "command": "python benchmarks/bench_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine,
+        **result_header("bench_speed.py", argv, machine),
         "config": _config_summary(parser_c, args.config_file, args.overrides),
         "modes": {name: {"label": MODE_LABELS[name], "bundle_overrides": MODES[name]} for name in MODES},
         "timing": {
@@ -613,11 +654,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(_fmt_table(result))
     print(f"\ntotal {result['total_seconds']:.0f} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2, default=str)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_result(result, args.json)
     return result
 
 
