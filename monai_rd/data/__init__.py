@@ -4,6 +4,7 @@ from monai_rd.data.busi import BUSI_CLASSES, busi_datalist
 from monai_rd.data.btc import BTC_CLASSES, btc_datalist
 from monai_rd.data.chestxray14 import CHESTXRAY14_FINDINGS, chestxray14_datalist
 from monai_rd.data.covid_ct import COVID_CT_CLASSES, covid_ct_datalist
+from monai_rd.data.decathlon import decathlon_datalist
 from monai_rd.data.isic2018 import ISIC2018_CLASSES, isic2018_datalist
 from monai_rd.data.feature_cache import (
     CachedTeacherFeaturesd,
@@ -32,6 +33,7 @@ __all__ = [
     "chestxray14_datalist",
     "COVID_CT_CLASSES",
     "covid_ct_datalist",
+    "decathlon_datalist",
     "ISIC2018_CLASSES",
     "isic2018_datalist",
     "list_class_folder",

@@ -1,6 +1,7 @@
 """Ignite/MONAI handlers added by monai_rd."""
 
 from monai_rd.handlers.checkpoint_saver import CrashSafeCheckpointSaver
+from monai_rd.handlers.metrics_from_evaluator import MetricsFromEvaluator
 from monai_rd.handlers.metrics_json import MetricsJSONWriter, to_jsonable
 from monai_rd.handlers.output_transforms import loss_terms_from_engine, stacked_from_engine
 from monai_rd.handlers.predictions_csv import PredictionsCSVSaver
@@ -9,6 +10,7 @@ from monai_rd.handlers.training_curve import TrainingCurvePlotter
 
 __all__ = [
     "CrashSafeCheckpointSaver",
+    "MetricsFromEvaluator",
     "MetricsJSONWriter",
     "PredictionsCSVSaver",
     "RunState",

@@ -1,5 +1,6 @@
 """Networks of Reprogramming Distillation: the frozen teacher, Phi and the deployable student."""
 
+from monai_rd.networks.adapted_teacher import AdaptedTeacherClassifier
 from monai_rd.networks.frozen_teacher import FrozenTeacher, tokens_to_map
 from monai_rd.networks.reprogramming import ReprogrammingNet, ResidualMLPBlock
 from monai_rd.networks.segmentation_student import (
@@ -8,14 +9,17 @@ from monai_rd.networks.segmentation_student import (
     list_segmentation_students,
 )
 from monai_rd.networks.student import StudentClassifier, create_backbone, list_students
+from monai_rd.networks.teacher_branch import TeacherBranch
 from monai_rd.networks.teachers import create_teacher, efficientnet_lite0_teacher, list_teachers
 
 __all__ = [
+    "AdaptedTeacherClassifier",
     "FrozenTeacher",
     "ReprogrammingNet",
     "ResidualMLPBlock",
     "SegmentationStudent",
     "StudentClassifier",
+    "TeacherBranch",
     "create_backbone",
     "create_segmentation_backbone",
     "create_teacher",
