@@ -9,7 +9,8 @@ The test suite checks that the committed files equal this generator's output.
 
 ``overrides.json`` has four sections, each a mapping of MONAI config ids (``"train#augmentation"``) to values:
 ``common`` (applied to ``train.json`` and ``inference.json``, wherever the id's parent exists; inference takes
-``class_names``, ``image_size``, ``in_channels``, ``multi_label`` and ``student`` from the trained model instead), ``train``,
+``class_names``, ``image_size``, ``in_channels``, ``multi_label``, ``student`` and ``spatial_dims`` from the trained
+model instead), ``train``,
 ``evaluate`` and ``inference``. An ``imports`` value is appended to the recipe's imports. ``bundle_root`` is set
 to ``bundles/<name>``, and ``<bundle>`` in the recipe's text to that path.
 

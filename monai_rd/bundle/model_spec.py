@@ -23,7 +23,7 @@ __all__ = ["MODEL_SPEC_FILE", "SPEC_FORMAT", "as_class_names", "model_spec", "re
 MODEL_SPEC_FILE = "model_meta.json"
 SPEC_FORMAT = 1
 # the spec's fields a user could also pass as options, with the option names
-USER_FIELDS = ("class_names", "image_size", "in_channels", "multi_label", "student")
+USER_FIELDS = ("class_names", "image_size", "in_channels", "multi_label", "student", "spatial_dims")
 # how files are read (monai_rd.transforms.LoadImage2D); None: not given, take the model's
 READING_FIELDS = ("frame", "window", "slice_axis", "slice_index", "projection")
 INTENSITY = "each image scaled to [0, 1] (monai.transforms.ScaleIntensity), gray (luma) when in_channels is 1"
@@ -66,22 +66,27 @@ def model_spec(
 
     Args:
         class_names: classes in output order.
-        image_size: square input size in pixels.
+        image_size: square (cubic) input size in pixels (voxels).
         in_channels: input channels (1 gray, 3 RGB).
         multi_label: independent sigmoid outputs instead of one softmax.
         student: the student architecture name (as ``StudentClassifier(backbone=...)`` takes it).
         bundle_root: the bundle folder; its name identifies the bundle.
-        spatial_dims: 2 for images.
+        spatial_dims: 2 for images, 3 for volumes.
         reading: how files were read (``frame``, ``window``, ``slice_axis``, ``slice_index``, ``projection`` of
             :class:`~monai_rd.transforms.LoadImage2D`), so inference reads new files the same way.
 
     Returns:
         The spec, JSON-serialisable.
+
+    Raises:
+        OptionError: ``spatial_dims`` is not 2 or 3.
     """
     from monai_rd import __version__
 
+    if isinstance(spatial_dims, bool) or spatial_dims not in (2, 3):
+        raise OptionError(f"--spatial_dims must be 2 (images) or 3 (volumes), got {spatial_dims!r}.")
     names = list(class_names)
-    shape = [int(image_size)] * spatial_dims
+    shape = [int(image_size)] * int(spatial_dims)
     return {
         "format": SPEC_FORMAT,
         "bundle": os.path.basename(os.path.normpath(bundle_root)),
@@ -92,7 +97,7 @@ def model_spec(
         "in_channels": int(in_channels),
         "multi_label": bool(multi_label),
         "student": str(student),
-        "spatial_dims": spatial_dims,
+        "spatial_dims": int(spatial_dims),
         "intensity": INTENSITY,
         "reading": json.loads(json.dumps(dict(reading or {}))),
         "network_data_format": {
@@ -121,8 +126,8 @@ def read_model_spec(ckpt_dir: str, bundle_root: str, **options: Any) -> dict[str
     Args:
         ckpt_dir: the folder of ``model.pt`` and ``model_meta.json``.
         bundle_root: the bundle using the model; it must be the one that trained it.
-        options: ``class_names``, ``image_size``, ``in_channels``, ``multi_label``, ``student`` as the user gave them
-            (None: not given, take the model's).
+        options: ``class_names``, ``image_size``, ``in_channels``, ``multi_label``, ``student``, ``spatial_dims`` and
+            the reading options (``frame``, ``window``, ...) as the user gave them (None: not given, take the model's).
 
     Returns:
         The spec.
@@ -162,7 +167,7 @@ def read_model_spec(ckpt_dir: str, bundle_root: str, **options: Any) -> dict[str
             continue
         trained = spec[key] if key in USER_FIELDS else spec.get("reading", {}).get(key)
         value = list(given) if key == "class_names" and not isinstance(given, str) else given
-        if key in ("image_size", "in_channels", "frame", "slice_axis", "slice_index"):
+        if key in ("image_size", "in_channels", "spatial_dims", "frame", "slice_axis", "slice_index"):
             try:
                 value = int(value)
             except (TypeError, ValueError):

@@ -38,7 +38,7 @@ class Method:
         deploys_teacher: the evaluated model is the (adapted) teacher and its head; no student is trained.
         feature_loss: ``fitnets``, ``at``, ``sp`` or ``crd``: a feature-distillation term.
         feature_weight: that term's default weight (RepDistiller's benchmark values; ``--distill_weight``).
-        alpha: fixed start of the teacher-branch CE weight (None: ``--alpha_start``).
+        alpha: fixed teacher-branch CE weight, start and end (None: ``--alpha_start``, ``--alpha_end``).
         gamma: fixed CKA weight (None: ``--gamma``).
         direct: trains Phi and the head first, then freezes them (direct reprogramming).
     """

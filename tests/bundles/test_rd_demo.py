@@ -74,6 +74,31 @@ def test_alpha_beta_decay_from_one_to_zero_over_the_real_run(tiny):
     assert weights[-1] == (0.0, 0.0)
 
 
+@pytest.mark.parametrize("method, alpha_end", [("rd", 0.25), ("rd_no_cotrain", 0.0)])
+def test_alpha_beta_end_values_as_the_command_line_gives_them(tmp_path, method, alpha_end):
+    """Catches --alpha_end/--beta_end ignored, swapped, read as strings, or overriding a method's fixed alpha."""
+    write_demo_subset(tmp_path / "datalist.json", {"training": 4, "validation": 2, "test": 2})
+    parser = monai.bundle.ConfigParser()
+    parser.read_config(os.path.join(CONFIGS, "train.json"))
+    cli = {"bundle_root": BUNDLE, "datalist_json": str(tmp_path / "datalist.json"), "epochs": "2", "batch_size": "5",
+           "method": method, "alpha_start": "0.5", "alpha_end": "0.25", "beta_end": "1", "ckpt_dir": str(tmp_path / "m"),
+           "output_dir": str(tmp_path / "e")}
+    parser.update(cli)
+    loss = parser.get_parsed_content("loss")
+    raw = parser["train"]["handlers"]  # only the two schedule handlers are built: no teacher, no cache
+    schedules = {h["name"]: parser.get_parsed_content(f"train#handlers#{i}") for i, h in enumerate(raw)
+                 if isinstance(h, dict) and h.get("_target_") == "ParamSchedulerHandler"}
+    total = 2 * 4  # 2 epochs of 20 training images in batches of 5
+    seen = []
+    for step in (0, total // 2, total):
+        state = type("State", (), {"iteration": step, "epoch": 1})()
+        for name in ("alpha", "beta"):
+            schedules[name](type("Engine", (), {"state": state})())
+        seen.append((loss.alpha, loss.beta))
+    alpha_start = 0.5 if method == "rd" else 0.0  # rd_no_cotrain fixes alpha to 0 from start to end
+    assert seen == pytest.approx([(alpha_start, 1.0), ((alpha_start + alpha_end) / 2, 1.0), (alpha_end, 1.0)])
+
+
 def test_evaluation_equals_the_deployed_models_predictions(tiny, tmp_path):
     tmp, overrides, sub, _ = tiny
     monai.bundle.run(config_file=[os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json")], **overrides)
