@@ -204,7 +204,7 @@ def export_model(
     net, parser = bundle_network(bundle, ckpt, overrides)
     x, paths = preprocess_images(parser, images, max_images)
     # at least 2 images in the example, so the exporters do not specialise the batch dimension to 1
-    example = x if len(x) > 1 else x.repeat(2, 1, 1, 1)
+    example = x if len(x) > 1 else x.repeat(2, *[1] * (x.dim() - 1))  # 2D (B, C, H, W) or 3D (B, C, D, H, W)
     with torch.no_grad():
         expected = net(x)
     folder = os.path.dirname(os.path.abspath(out))

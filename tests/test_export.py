@@ -116,3 +116,29 @@ def test_command_line_takes_the_size_from_the_trained_model(tmp_path, capsys):
     assert "model_meta.json is missing" in capsys.readouterr().err
     with pytest.raises(OptionError, match="--format must be one of"):
         export_model(BUNDLE, str(out), "tflite", ckpt=ckpt)
+
+
+def test_a_3d_student_exports_from_one_volume(tmp_path):
+    """Catches the one-image example being padded to a batch of 2 as if it were 2D (a 5D volume cannot be)."""
+    bundle = os.path.join(REPO, "bundles", "rd_brain3d_classify")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    train = ConfigParser()
+    train.read_config(os.path.join(bundle, "configs", "train.json"))
+    train.update({"bundle_root": bundle, "ckpt_dir": str(folder)})
+    write_model_spec(train.get_parsed_content("model_spec"), str(folder))
+    torch.manual_seed(0)
+    torch.save(train.get_parsed_content("network_def").state_dict(), folder / "model.pt")
+    images = tmp_path / "one"
+    images.mkdir()
+    name = "ch2_L_x012_y040_z029.nii.gz"  # one real 16^3 Colin27 cube
+    shutil.copy(os.path.join(bundle, "data", "images", name), images / name)
+    out = tmp_path / "student.pt2"
+    report = export_model(bundle, str(out), "torch_export", ckpt=str(folder / "model.pt"), images=str(images))
+    assert len(report["images"]) == 1 and report["single_max_abs_diff"] <= 1e-4
+    net, parser = bundle_network(bundle, str(folder / "model.pt"))
+    x, _ = preprocess_images(parser, str(images))
+    assert x.shape == (1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(str(out), "torch_export")(x.repeat(3, 1, 1, 1, 1)), net(x).repeat(3, 1),
+                                   rtol=0, atol=1e-4)

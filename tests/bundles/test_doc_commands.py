@@ -10,30 +10,19 @@ as the string "false"), which is what the Python API cannot test.
 import csv
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from doc_commands import doc_commands  # tests/bundles, on sys.path under pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCS = ("README.md", "bundles/rd_demo/docs/README.md")
 DEMO = "bundles/rd_demo"
 
 pytestmark = pytest.mark.slow
-
-
-def doc_commands(path: str) -> list[str]:
-    """The `python -m monai.bundle` and `torchrun` commands of a Markdown file's bash blocks, continuation lines joined."""
-    text = open(os.path.join(REPO, path)).read()
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            if line.strip().startswith(("python -m monai.bundle", "torchrun ")):
-                commands.append(" ".join(re.sub(r"\s#\s.*$", "", line).split()))  # comment dropped, as bash does
-    return commands
 
 
 @pytest.fixture(scope="module")
