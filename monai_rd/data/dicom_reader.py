@@ -18,6 +18,10 @@ functions, in the standard's order (PS3.4 N.2):
 The result is float32 ``(W, H)`` for grayscale and ``(W, H, 3)`` for colour (MONAI's axis order, as for PNGs read by
 ``PILReader``), so ``LoadImage(..., ensure_channel_first=True)`` gives ``(1, W, H)`` or ``(3, W, H)``.
 :class:`monai_rd.transforms.LoadImage2D` uses this reader for every DICOM file.
+
+pydicom 3 and pydicom 2.4 (which the ``label`` extra installs for MONAI Label) give the same images: with 2.4 the
+same LUT functions come from ``pydicom.pixel_data_handlers.util``, and :func:`decoded_pixels` takes the frame and
+converts YBR to RGB as pydicom 3 does when decoding.
 """
 
 from __future__ import annotations
@@ -28,14 +32,39 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+# pydicom 3, or 2.4 (which MONAI Label 0.8.5 needs: the `label` extra): the same LUT functions in another module.
+# This import and decoded_pixels() are the only pydicom-version-specific code; the tests use them too.
+try:
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing, convert_color_space
+
+    _PYDICOM2 = False
+except ImportError:
+    from pydicom.pixel_data_handlers.util import (
+        apply_color_lut,
+        apply_modality_lut,
+        apply_voi_lut,
+        apply_windowing,
+        convert_color_space,
+    )
+
+    _PYDICOM2 = True
 
 from monai.data import PydicomReader
 from monai.data.utils import affine_to_spacing
 from monai.utils import MetaKeys, ensure_tuple
 from monai_rd.errors import DataCheckError, OptionError
 
-__all__ = ["DicomDisplayReader", "parse_window"]
+__all__ = [
+    "DicomDisplayReader",
+    "apply_color_lut",
+    "apply_modality_lut",
+    "apply_voi_lut",
+    "apply_windowing",
+    "convert_color_space",
+    "decoded_pixels",
+    "parse_window",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +127,42 @@ def parse_window(window: Any, name: str = "window") -> str | tuple[float, float]
     if width < 1:
         raise OptionError(f"--{name} width must be at least 1, got {width} (in {window!r}).")
     return center, width
+
+
+# the colour spaces pydicom 3 converts to RGB when decoding (``as_rgb``); YBR_RCT/YBR_ICT (JPEG 2000) and RGB come
+# out of the decoders as RGB with either version
+_YBR_TO_RGB = ("YBR_FULL", "YBR_FULL_422")
+
+
+def decoded_pixels(ds: Any, index: int | None = None, as_rgb: bool = True) -> np.ndarray:
+    """The decoded pixels of a DICOM dataset as pydicom 3 gives them, with pydicom 3 or 2.4.
+
+    pydicom 3 decodes one frame alone and converts YBR_FULL/YBR_FULL_422 to RGB; pydicom 2.4 decodes every frame and
+    returns YBR as stored, so here the frame is taken and the colour converted afterwards (the same values).
+
+    Args:
+        ds: a ``pydicom.Dataset`` with pixel data.
+        index: the frame of a multi-frame dataset (0-based); None: all frames. Ignored for a single-frame dataset.
+        as_rgb: convert YBR_FULL/YBR_FULL_422 to RGB (pydicom 3's default); False keeps the stored YBR values.
+
+    Returns:
+        ``(rows, columns)`` or ``(rows, columns, samples)`` for one frame; ``(frames, rows, columns[, samples])``
+        for all frames of a multi-frame dataset. The stored values (no Modality or VOI LUT).
+
+    Raises:
+        Whatever pydicom raises when the data cannot be decoded (e.g. a missing decoder).
+    """
+    multi_frame = int(ds.get("NumberOfFrames", 1) or 1) > 1
+    if not _PYDICOM2:
+        ds.pixel_array_options(index=index if multi_frame else None, as_rgb=as_rgb)
+        return ds.pixel_array
+    arr = ds.pixel_array
+    if multi_frame and index is not None:
+        arr = arr[index]
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if as_rgb and photometric in _YBR_TO_RGB:
+        arr = convert_color_space(arr, photometric, "RGB")
+    return arr
 
 
 def _is_colour(ds: Any) -> bool:
@@ -170,24 +235,22 @@ class DicomDisplayReader(PydicomReader):
             )
         num_frames = int(img.get("NumberOfFrames", 1) or 1)
         index = self._frame_index(num_frames, filename) if num_frames > 1 else None
-        if index is not None:
-            img.pixel_array_options(index=index)  # decode this frame only
         try:
-            arr = img.pixel_array
+            arr = decoded_pixels(img, index)  # this frame only; YBR converted to RGB
         except Exception as e:  # decoder missing or corrupt data: the file's problem, named with pydicom's reason
             syntax = getattr(getattr(img, "file_meta", None), "TransferSyntaxUID", None)
             reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
             # one line, the remedy first: data checks show the first line of a reason, shortened
             raise DataCheckError(
                 f"{filename}: cannot decode its {getattr(syntax, 'name', syntax)} pixel data; install the decoders "
-                "(pip install \"pydicom[pixeldata]\"; 12-bit JPEG also needs pylibjpeg-libjpeg) or re-export it "
-                f"uncompressed ({reason})"
+                "(pip install pyjpegls pylibjpeg-openjpeg pylibjpeg-rle python-gdcm, as monai_rd's install does) or "
+                f"re-export it uncompressed ({reason})"
             ) from e
         photometric = str(img.get("PhotometricInterpretation", "")).upper()
         if photometric == "PALETTE COLOR":
             return apply_color_lut(arr, img).astype(np.float32)
         if _is_colour(img):
-            return arr.astype(np.float32)  # pydicom converts YBR to RGB when decoding
+            return arr.astype(np.float32)  # already RGB (decoded_pixels)
         self._use_frame_groups(img, index or 0)
         arr = apply_modality_lut(arr, img)
         if self.window == WINDOW_FROM_FILE:

@@ -1,7 +1,8 @@
 """rd_classify end to end: the commands of its docs/README.md, run as typed on class folders of real DICOM files.
 
-The class folders hold pydicom's own DICOM test files (CT, MR, US; gray, RGB, YBR, palette colour, multi-frame,
-JPEG 2000, JPEG and deflate compressed, one without a file extension), a real 3D NIfTI volume of nibabel's test data and a
+The class folders hold real DICOM test files of pydicom and of pydicom-data (the dev extra), which pydicom 3 and 2.4
+both find offline (CT, MR, US; gray, RGB, YBR, palette colour, multi-frame, JPEG 2000, JPEG and deflate compressed,
+an overlay, one without a file extension), a real 3D NIfTI volume of nibabel's test data and a
 demo PNG. Only the placeholders are replaced, and tiny sizes are appended to the train command.
 """
 
@@ -37,8 +38,9 @@ def doc_commands():
 def _class_folders(root):
     files = {
         "ct": ["CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm", "image_dfl.dcm"],
-        "mr": ["MR_small.dcm", "examples_overlay.dcm"],
-        "us": ["examples_rgb_color.dcm", "examples_ybr_color.dcm", "examples_palette.dcm", "examples_jpeg2k.dcm"],
+        "mr": ["MR_small.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm"],
+        # US1_J2KR.dcm would be US1_UNCR's pixels again: make_datalist refuses that leak between splits
+        "us": ["US1_UNCR.dcm", "color3d_jpeg_baseline.dcm", "OBXXXX1A.dcm", "GDCMJ2K_TextGBR.dcm"],
     }
     for cls, names in files.items():
         os.makedirs(root / cls)

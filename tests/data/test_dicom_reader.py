@@ -1,14 +1,26 @@
-"""DicomDisplayReader on real DICOM files (pydicom's test files and pydicom-data), checked against pydicom's LUTs."""
+"""DicomDisplayReader on real DICOM files (pydicom's test files and pydicom-data), checked against pydicom's LUTs.
+
+Only files that pydicom 2.4 and 3 both find offline are used (pydicom's own, or pydicom-data's, which the dev extra
+installs), so that the tests run the same with the main install (pydicom 3) and with the label extra (pydicom 2.4).
+"""
 
 import copy
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing
 
 from monai.transforms import LoadImage
 from monai_rd.data import DicomDisplayReader, parse_window
+# pydicom's own functions, from pydicom.pixels (pydicom 3) or pydicom.pixel_data_handlers.util (pydicom 2.4)
+from monai_rd.data.dicom_reader import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi_lut,
+    apply_windowing,
+    convert_color_space,
+    decoded_pixels,
+)
 from monai_rd.errors import DataCheckError, OptionError
 
 
@@ -16,8 +28,7 @@ def dicom_file(name):
     """A real DICOM test file: pydicom's own, or pydicom-data's (the dev extra) without trying the network."""
     from pydicom.data import get_testdata_file
 
-    if name not in {"CT_small.dcm", "MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm", "examples_palette.dcm",
-                    "examples_ybr_color.dcm", "test-SR.dcm"}:
+    if name not in {"CT_small.dcm", "MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm", "test-SR.dcm"}:
         pytest.importorskip("data_store", reason="needs pydicom-data: pip install -e '.[dev]'")
     return get_testdata_file(name)
 
@@ -83,14 +94,16 @@ def test_rgb_stays_rgb_and_ybr_is_converted():
     ybr = load("SC_ybr_full_uncompressed.dcm")
     rgb = load("SC_rgb.dcm")
     raw = pydicom.dcmread(dicom_file("SC_ybr_full_uncompressed.dcm"))
-    raw.pixel_array_options(as_rgb=False)
-    assert np.abs(np.transpose(raw.pixel_array, (2, 1, 0)) - rgb).max() > 50
+    assert raw.PhotometricInterpretation == "YBR_FULL"
+    assert np.abs(np.transpose(decoded_pixels(raw, as_rgb=False), (2, 1, 0)) - rgb).max() > 50
     assert np.abs(ybr - rgb).max() <= 8
 
 
 def test_palette_colour_is_looked_up():
-    ds = pydicom.dcmread(dicom_file("examples_palette.dcm"))
-    out = load("examples_palette.dcm")
+    ds = pydicom.dcmread(dicom_file("OBXXXX1A.dcm"))  # a palette colour ultrasound
+    assert ds.PhotometricInterpretation == "PALETTE COLOR"
+    out = load("OBXXXX1A.dcm")
+    assert out.shape == (3, ds.Columns, ds.Rows)
     np.testing.assert_array_equal(out, np.transpose(apply_color_lut(ds.pixel_array, ds), (2, 1, 0)).astype(np.float32))
 
 
@@ -103,8 +116,17 @@ def test_multi_frame_reads_the_middle_frame_or_the_chosen_one():
     np.testing.assert_array_equal(load("emri_small.dcm", frame=-1), shown(frames[9]))
     with pytest.raises(DataCheckError, match=r"emri_small\.dcm has 10 frames, so frame 10 does not exist"):
         load("emri_small.dcm", frame=10)
-    # a multi-frame colour ultrasound: one RGB frame
-    assert load("examples_ybr_color.dcm", frame=0).shape == (3, 320, 240)
+    # a multi-frame colour ultrasound, JPEG baseline in YBR_FULL_422: one frame, converted to RGB
+    ds = pydicom.dcmread(dicom_file("color3d_jpeg_baseline.dcm"))
+    assert (ds.NumberOfFrames, ds.PhotometricInterpretation, ds.Rows, ds.Columns) == (120, "YBR_FULL_422", 480, 640)
+    out = load("color3d_jpeg_baseline.dcm", frame=3)
+    assert out.shape == (3, 640, 480)
+    rgb = decoded_pixels(ds, 3)
+    np.testing.assert_array_equal(out, np.transpose(rgb, (2, 1, 0)).astype(np.float32))
+    ybr = decoded_pixels(ds, 3, as_rgb=False)
+    assert np.abs(rgb.astype(int) - ybr).max() > 50  # converted: not the stored Y/Cb/Cr values
+    np.testing.assert_array_equal(rgb, convert_color_space(ybr, "YBR_FULL_422", "RGB"))
+    assert not np.array_equal(rgb, decoded_pixels(ds, 0))  # frame 3, not the first
 
 
 def test_enhanced_ct_takes_rescale_and_window_from_the_functional_groups():

@@ -146,7 +146,7 @@ def test_real_dicom_and_nifti_files_are_scanned_and_the_output_is_not_overwritte
     shutil.copy(get_testdata_file("CT_small.dcm"), root / "ct" / "IM0001")  # extension-less DICOM
     shutil.copy(get_testdata_file("CT_small.dcm"), root / "DICOMDIR")
     shutil.copy(get_testdata_file("MR_small.dcm"), root / "mr" / "mr.dcm")
-    shutil.copy(get_testdata_file("examples_overlay.dcm"), root / "mr" / "overlay.dcm")
+    shutil.copy(get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"), root / "mr" / "overlay.dcm")  # pydicom-data
     shutil.copy(os.path.join(str(data_path), "anatomical.nii"), root / "mr" / "anat.nii")
     for k in range(3):
         shutil.copy(_pngs("frontal", 1, start=k)[0], root / "ct" / f"p{k}.png")

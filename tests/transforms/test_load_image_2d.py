@@ -1,4 +1,4 @@
-"""LoadImage2D on real files: the demo PNGs, pydicom's DICOM test files, nibabel's NIfTI test volumes."""
+"""LoadImage2D on real files: the demo PNGs, pydicom's (and pydicom-data's) DICOM test files, nibabel's NIfTI test volumes."""
 
 import glob
 import logging
@@ -13,11 +13,11 @@ import torch
 from nibabel.testing import data_path
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.pixels import apply_modality_lut
 
 from monai.data import PILReader, list_data_collate
 from monai.transforms import Compose, LoadImage, LoadImaged, Resized
 from monai_rd.data import convert_to_displayed_mode
+from monai_rd.data.dicom_reader import apply_modality_lut  # pydicom's, from where pydicom 3 or 2.4 keeps it
 from monai_rd.errors import DataCheckError, OptionError
 from monai_rd.transforms import LoadImage2D, LoadImage2Dd, is_dicom_file
 
@@ -120,7 +120,8 @@ def test_invalid_options_are_named():
 
 
 def test_a_batch_mixing_formats_collates_like_the_inference_pipeline():
-    files = [DEMO_PNGS[0], get_testdata_file("CT_small.dcm"), get_testdata_file("examples_palette.dcm"), ANATOMICAL]
+    # a PNG, pydicom's CT, a palette colour ultrasound (pydicom-data, the dev extra) and a NIfTI volume
+    files = [DEMO_PNGS[0], get_testdata_file("CT_small.dcm"), get_testdata_file("OBXXXX1A.dcm"), ANATOMICAL]
     transform = Compose([LoadImage2Dd("image"), Resized("image", spatial_size=(32, 32))])
     items = [transform({"image": f}) for f in files]
     assert [it["image"].shape[0] for it in items] == [1, 1, 3, 1]
