@@ -1,0 +1,194 @@
+"""The deployed student a MONAI Label server answers with: a bundle's ``model.pt`` and ``model_meta.json``.
+
+Only ``model.pt`` is ever served: it holds the student and the shared classifier, and nothing else (no teacher,
+no Φ, no optimizer). A training checkpoint (``checkpoint_epoch=N.pt``), a TorchScript export or any other file is
+refused by name, and ``model.pt`` is loaded strictly, so a file that does not match the network that
+``model_meta.json`` describes is refused with the keys that differ instead of answering with random weights.
+
+The network, preprocessing and postprocessing come from the bundle's own ``configs/inference.json`` (parsed with
+``ckpt_dir`` set to the served folder), so MONAI Label's scores are those of ``python -m monai.bundle run
+--config_file <bundle>/configs/inference.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+from typing import Any
+
+import torch
+
+from monai.bundle import ConfigParser
+from monai_rd.bundle.model_spec import MODEL_SPEC_FILE, read_model_spec
+from monai_rd.errors import CheckpointMismatchError
+
+__all__ = ["MODEL_FILE", "ServedStudent", "check_model_file", "publish_model"]
+
+MODEL_FILE = "model.pt"
+
+
+def check_model_file(path: str) -> str:
+    """``path`` if it names a deployed student (``model.pt``), else refuse it.
+
+    Args:
+        path: a model file the server was asked to use.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        CheckpointMismatchError: the file is not called ``model.pt`` (a training checkpoint, an export, ...).
+    """
+    if os.path.basename(path) != MODEL_FILE:
+        raise CheckpointMismatchError(
+            f"{path} is not a deployed student: MONAI Label serves only {MODEL_FILE} (the student and shared "
+            "classifier with the best validation metric). Training checkpoints (checkpoint_epoch=N.pt) hold Φ and "
+            f"optimizer state and exports are not loadable state dicts; point the app at the folder of {MODEL_FILE}."
+        )
+    return path
+
+
+def _stat_key(*paths: str) -> tuple:
+    key = []
+    for p in paths:
+        s = os.stat(p)
+        key.append((s.st_ino, s.st_size, s.st_mtime_ns))
+    return tuple(key)
+
+
+class ServedStudent:
+    """The student of ``<model_dir>/model.pt``, built and preprocessed as the bundle's ``inference.json`` says.
+
+    The network is rebuilt when ``model.pt`` or ``model_meta.json`` changes on disk (a finished training publishes
+    new files), so the server answers with the newest model without a restart.
+
+    Args:
+        bundle_root: the bundle folder (``configs/inference.json`` and ``configs/metadata.json``).
+        model_dir: the folder of the served ``model.pt`` and ``model_meta.json``; default ``<bundle_root>/models``.
+
+    Raises:
+        FileNotFoundError: the bundle has no ``configs/inference.json``.
+    """
+
+    def __init__(self, bundle_root: str, model_dir: str | None = None):
+        self.bundle_root = os.path.abspath(bundle_root)
+        self.model_dir = os.path.abspath(model_dir or os.path.join(self.bundle_root, "models"))
+        self.config_file = os.path.join(self.bundle_root, "configs", "inference.json")
+        if not os.path.isfile(self.config_file):
+            raise FileNotFoundError(f"{self.config_file} is missing: --conf bundle must name an RD bundle folder.")
+        self.model_path = os.path.join(self.model_dir, MODEL_FILE)
+        self.spec_path = os.path.join(self.model_dir, MODEL_SPEC_FILE)
+        self._loaded: dict[str, tuple[tuple, Any]] = {}
+
+    def exists(self) -> bool:
+        """Whether a trained model is there to serve."""
+        return os.path.isfile(self.model_path) and os.path.isfile(self.spec_path)
+
+    def spec(self) -> dict[str, Any]:
+        """The served model's ``model_meta.json``, checked against the bundle (see ``read_model_spec``)."""
+        return read_model_spec(self.model_dir, self.bundle_root)
+
+    def metadata_class_names(self) -> list[str]:
+        """The classes the bundle's ``metadata.json`` declares (used before any model is trained)."""
+        with open(os.path.join(self.bundle_root, "configs", "metadata.json")) as f:
+            meta = json.load(f)
+        channels = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
+        return [channels[k] for k in sorted(channels, key=int)]
+
+    def _parser(self, device: torch.device) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config(self.config_file)
+        parser.update({"bundle_root": self.bundle_root, "ckpt_dir": self.model_dir, "device": device})
+        return parser
+
+    def load(self, device: str | torch.device = "cpu") -> dict[str, Any]:
+        """The network (eval mode, on ``device``), preprocessing, postprocessing and spec of the served model.
+
+        Args:
+            device: where to run the network.
+
+        Returns:
+            ``{"network", "preprocessing", "postprocessing", "spec"}``; the same objects until the files change.
+
+        Raises:
+            FileNotFoundError: no ``model.pt`` or ``model_meta.json`` in the served folder (nothing trained yet).
+            CheckpointMismatchError: ``model.pt`` does not load strictly into the network the spec describes, or the
+                spec belongs to another bundle or monai_rd version.
+        """
+        device = torch.device(device)
+        if not os.path.isfile(self.model_path):
+            raise FileNotFoundError(
+                f"{self.model_path} is missing: no trained model to serve yet. Train one (POST /train/<model> on "
+                "labelled images, or the bundle's train.json) or point --conf models at a trained run's models folder."
+            )
+        key = _stat_key(self.model_path, self.spec_path if os.path.isfile(self.spec_path) else self.model_path)
+        cached = self._loaded.get(str(device))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        parser = self._parser(device)
+        spec = parser.get_parsed_content("model_spec")
+        parser.get_parsed_content("opt")  # typed options first: a contradiction names the option, not a KeyError
+        network = parser.get_parsed_content("network_def", instantiate=True)
+        state = torch.load(self.model_path, map_location=device, weights_only=True)
+        if isinstance(state, dict) and set(state) == {"model"}:
+            state = state["model"]  # a CheckpointSaver file with the network under "model"
+        if not isinstance(state, dict):
+            raise CheckpointMismatchError(f"{self.model_path} holds a {type(state).__name__}, not a state dict.")
+        expected = set(network.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise CheckpointMismatchError(
+                f"{self.model_path} does not match the {spec['student']} student of {self.spec_path} "
+                f"({len(spec['class_names'])} classes): missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+                f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}. Serve the model.pt that "
+                "was trained with this model_meta.json."
+            )
+        try:
+            network.load_state_dict(state, strict=True)
+        except RuntimeError as e:  # same keys, other shapes (e.g. another number of classes)
+            raise CheckpointMismatchError(f"{self.model_path} does not load into the network of {self.spec_path}: {e}") from e
+        loaded = {
+            "network": network.to(device).eval(),
+            "preprocessing": parser.get_parsed_content("preprocessing", instantiate=True),
+            "postprocessing": parser.get_parsed_content("postprocessing", instantiate=True),
+            "spec": spec,
+        }
+        self._loaded[str(device)] = (key, loaded)
+        return loaded
+
+
+def publish_model(run_ckpt_dir: str, model_dir: str) -> str:
+    """Make a finished run's ``model.pt`` and ``model_meta.json`` the served ones.
+
+    The previous served files move to ``<model_dir>/replaced-<UTC time>/`` (never deleted); the new ones are
+    copied under a temporary name and renamed, ``model_meta.json`` first, so a server never reads half a file.
+
+    Args:
+        run_ckpt_dir: the training run's models folder.
+        model_dir: the served folder.
+
+    Returns:
+        The served ``model.pt`` path.
+
+    Raises:
+        FileNotFoundError: the run wrote no ``model.pt`` or ``model_meta.json``.
+    """
+    names = (MODEL_SPEC_FILE, MODEL_FILE)
+    for name in names:
+        if not os.path.isfile(os.path.join(run_ckpt_dir, name)):
+            raise FileNotFoundError(f"{os.path.join(run_ckpt_dir, name)} is missing: the training run saved no model.")
+    os.makedirs(model_dir, exist_ok=True)
+    old = [n for n in names if os.path.isfile(os.path.join(model_dir, n))]
+    if old:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        keep = os.path.join(model_dir, f"replaced-{stamp}")
+        os.makedirs(keep)
+        for n in old:
+            shutil.copy2(os.path.join(model_dir, n), os.path.join(keep, n))
+    for name in names:
+        tmp = os.path.join(model_dir, f".{name}.publishing")
+        shutil.copyfile(os.path.join(run_ckpt_dir, name), tmp)
+        os.replace(tmp, os.path.join(model_dir, name))
+    return os.path.join(model_dir, MODEL_FILE)

@@ -1,0 +1,218 @@
+"""The MONAI Label app (apps/monailabel) as a user runs it: `monailabel start_server` on 127.0.0.1 over a studies
+folder of real demo PNGs and pydicom's DICOM test files, serving the deployed student of a tiny rd_demo run.
+
+Checks /info/, /infer/<model> by image id and by upload against the bundle's own inference.json output (1e-5),
+that a training checkpoint is refused, label upload, /train/ to completion on the uploaded labels and the
+served model reloaded after it; the server is stopped through its process group in bounded time.
+"""
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("monailabel", reason='needs the label extra: pip install -e ".[label]"')
+requests = pytest.importorskip("requests")
+from pydicom.data import get_testdata_file  # noqa: E402
+
+pytestmark = [pytest.mark.label, pytest.mark.slow]
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUNDLE = os.path.join(REPO, "bundles", "rd_demo")
+CONFIGS = os.path.join(BUNDLE, "configs")
+DICOMS = {"ct_small": "CT_small.dcm", "mr_small": "MR_small.dcm"}  # pydicom's own CT and MR test files
+START_TIMEOUT, STOP_TIMEOUT, TRAIN_TIMEOUT = 300, 30, 600
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the `monailabel` script runs `python -m monailabel.main`: the interpreter of this test must be that python
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["MONAILABEL_PYEXE"] = sys.executable
+    return env
+
+
+def _run(args, cwd=REPO, timeout=600):
+    done = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def _bundle_predictions(model_dir, images_dir, out_dir) -> dict:
+    """The bundle's own inference (inference.json as its docs run it): file name -> (scores, predicted)."""
+    _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", os.path.join(CONFIGS, "inference.json"),
+          "--ckpt_dir", model_dir, "--input_dir", images_dir, "--output_dir", out_dir])
+    with open(os.path.join(out_dir, "predictions.csv")) as f:
+        rows = list(csv.DictReader(f))
+    names = [c for c in rows[0] if c not in ("image", "predicted")]
+    return {os.path.basename(r["image"]): ({c: float(r[c]) for c in names}, r["predicted"]) for r in rows}
+
+
+def _id(file_name: str) -> str:
+    return file_name.split(".")[0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A tiny trained rd_demo student, a studies folder, and a running `monailabel start_server`."""
+    tmp = tmp_path_factory.mktemp("monailabel")
+    full = json.load(open(os.path.join(CONFIGS, "datalist.json")))
+    classes = full["classes"]
+    per_class = {"training": 2, "validation": 1, "test": 2}
+    sub = {"classes": classes, "seed": full["seed"]}
+    for split, k in per_class.items():
+        sub[split] = [i for c in range(len(classes)) for i in [x for x in full[split] if x["label"] == c][:k]]
+    json.dump(sub, open(tmp / "datalist.json", "w"))
+    models = tmp / "models"
+    _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", os.path.join(CONFIGS, "train.json"),
+          "--ckpt_dir", str(models), "--output_dir", str(tmp / "eval"), "--datalist_json", str(tmp / "datalist.json"),
+          "--epochs", "1", "--batch_size", "5", "--image_size", "32"])
+
+    # the studies: the demo's test-split PNGs (not trained on) and two real DICOM files; a copy for inference.json,
+    # since the server adds its own files (labels/, datastore_v2.json) to the studies folder
+    studies, images = tmp / "studies", tmp / "images"
+    studies.mkdir()
+    labels = {}
+    for item in sub["test"]:
+        src = os.path.join(BUNDLE, "data", item["image"])  # the demo datalist is relative to its data folder
+        name = f"{classes[item['label']]}_{os.path.basename(src)}"
+        shutil.copy(src, studies / name)
+        labels[_id(name)] = classes[item["label"]]
+    for i, (image_id, test_file) in enumerate(DICOMS.items()):
+        shutil.copy(get_testdata_file(test_file), studies / f"{image_id}.dcm")
+        labels[image_id] = classes[i]  # any class: the point is that DICOM files go through training
+    shutil.copytree(studies, images)
+
+    port = _free_port()
+    log = open(tmp / "server.log", "w")
+    cmd = ["monailabel", "start_server", "--app", os.path.join(REPO, "apps", "monailabel"), "--studies", str(studies),
+           "--conf", "bundle", BUNDLE, "--conf", "models", str(models), "--host", "127.0.0.1", "--port", str(port)]
+    if shutil.which("monailabel", path=_env()["PATH"]) is None:
+        cmd = [sys.executable, "-m", "monailabel.main", *cmd[1:]]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        assert proc.poll() is None, f"the server exited ({proc.returncode}):\n{open(tmp / 'server.log').read()[-4000:]}"
+        assert time.monotonic() < deadline, f"no answer in {START_TIMEOUT} s:\n{open(tmp / 'server.log').read()[-4000:]}"
+        try:
+            if requests.get(f"{url}/info/", timeout=5).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    yield {"url": url, "tmp": tmp, "models": str(models), "studies": studies, "images": str(images),
+           "labels": labels, "classes": classes, "proc": proc}
+    # stop: the whole process group (uvicorn and any training subprocess), TERM then KILL, in bounded time
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=STOP_TIMEOUT)
+    log.close()
+    assert time.monotonic() - start < 2 * STOP_TIMEOUT
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # nothing of the group is left
+
+
+def _infer(server, image_id=None, upload=None, params=None):
+    url = f"{server['url']}/infer/rd_demo"
+    data = {"params": json.dumps(params or {})}
+    if upload:
+        with open(upload, "rb") as f:
+            return requests.post(url, params={"output": "json"}, data=data,
+                                 files={"file": (os.path.basename(upload), f)}, timeout=120)
+    return requests.post(url, params={"image": image_id, "output": "json"}, data=data, timeout=120)
+
+
+def _check_scores_equal_the_bundle(server, out_dir):
+    expected = _bundle_predictions(server["models"], server["images"], out_dir)
+    assert len(expected) == len(server["labels"])
+    for name, (scores, predicted) in expected.items():
+        answer = _infer(server, image_id=_id(name))
+        assert answer.status_code == 200, answer.text
+        got = answer.json()
+        assert list(got["scores"]) == server["classes"]
+        for c in server["classes"]:
+            assert abs(got["scores"][c] - scores[c]) < 1e-5, (name, c, got["scores"][c], scores[c])
+        assert got["label"] == predicted and got["activation"] == "softmax"
+        assert [p["label"] for p in got["prediction"]] == server["classes"]
+        assert abs(sum(got["scores"].values()) - 1) < 1e-5
+    return expected
+
+
+def test_info_lists_the_bundle_as_a_classification_model_and_a_trainer(server):
+    info = requests.get(f"{server['url']}/info/", timeout=30).json()
+    model = info["models"]["rd_demo"]
+    assert model["type"] == "classification" and model["labels"] == server["classes"] and model["config"]["trained"]
+    assert "rd_demo" in info["trainers"]
+    assert info["datastore"]["total"] == len(server["labels"])  # PNG and DICOM files are both listed
+
+
+def test_infer_by_id_and_by_upload_equals_the_bundles_inference(server):
+    expected = _check_scores_equal_the_bundle(server, str(server["tmp"] / "pred_before"))
+    for name in (next(n for n in expected if n.endswith(".png")), "ct_small.dcm"):
+        by_upload = _infer(server, upload=os.path.join(server["images"], name))
+        assert by_upload.status_code == 200, by_upload.text
+        for c in server["classes"]:
+            assert abs(by_upload.json()["scores"][c] - expected[name][0][c]) < 1e-5
+
+
+def test_a_training_checkpoint_is_refused(server):
+    assert any(f.startswith("checkpoint_epoch=") for f in os.listdir(server["models"]))
+    answer = _infer(server, image_id="ct_small", params={"model_filename": "checkpoint_epoch=1.pt"})
+    assert answer.status_code == 409
+    assert "not a deployed student" in answer.json()["detail"] and "model.pt" in answer.json()["detail"]
+
+
+def test_labels_uploaded_train_to_completion_and_the_new_model_is_served(server):
+    url = server["url"]
+    for i, (image_id, class_name) in enumerate(sorted(server["labels"].items())):
+        label_file = server["tmp"] / f"{image_id}.json"
+        label_file.write_text(json.dumps({"label": class_name}))
+        # half give the class in the label's info (params), half only in the label file
+        params = {"label": class_name} if i % 2 else {}
+        with open(label_file, "rb") as f:
+            saved = requests.put(f"{url}/datastore/label", params={"image": image_id, "tag": "final"},
+                                 data={"params": json.dumps(params)}, files={"label": (label_file.name, f)}, timeout=60)
+        assert saved.status_code == 200, saved.text
+    before = hashlib.sha256(open(os.path.join(server["models"], "model.pt"), "rb").read()).hexdigest()
+
+    # the bundle's batch size is 32: without fitting it to the 12 labels an epoch would have no iteration
+    started = requests.post(f"{url}/train/rd_demo", json={"max_epochs": 1, "image_size": 32}, timeout=60)
+    assert started.status_code == 200, started.text
+    deadline = time.monotonic() + TRAIN_TIMEOUT
+    while True:
+        task = requests.get(f"{url}/train/", timeout=30).json()
+        if task.get("status") in ("DONE", "ERROR"):
+            break
+        assert time.monotonic() < deadline, f"training still running after {TRAIN_TIMEOUT} s: {task}"
+        time.sleep(2)
+    assert task["status"] == "DONE", "\n".join(task.get("details", []))
+    result = json.loads(next(line for line in task["details"] if "Result: " in line).split("Result: ", 1)[1])
+    n = len(server["labels"])
+    assert result["training"] + result["validation"] == n and result["validation"] >= 1
+    assert result["val_metrics"]["epoch"] == 1 and "accuracy" in result["val_metrics"]  # max_epochs 1, validated
+
+    # the new model is served (the old one kept under replaced-*), and still equals the bundle's own inference
+    after = hashlib.sha256(open(os.path.join(server["models"], "model.pt"), "rb").read()).hexdigest()
+    assert after != before
+    kept = [d for d in os.listdir(server["models"]) if d.startswith("replaced-")]
+    assert len(kept) == 1 and os.path.isfile(os.path.join(server["models"], kept[0], "model.pt"))
+    _check_scores_equal_the_bundle(server, str(server["tmp"] / "pred_after"))
