@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from monai.bundle import ConfigParser
 from monai_rd.bundle.model_spec import MODEL_SPEC_FILE, read_model_spec
 from monai_rd.errors import CheckpointMismatchError
+from monai_rd.export import bundle_network
 
 __all__ = ["MODEL_FILE", "ServedStudent", "check_model_file", "publish_model"]
 
@@ -97,12 +97,6 @@ class ServedStudent:
         channels = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
         return [channels[k] for k in sorted(channels, key=int)]
 
-    def _parser(self, device: torch.device) -> ConfigParser:
-        parser = ConfigParser()
-        parser.read_config(self.config_file)
-        parser.update({"bundle_root": self.bundle_root, "ckpt_dir": self.model_dir, "device": device})
-        return parser
-
     def load(self, device: str | torch.device = "cpu") -> dict[str, Any]:
         """The network (eval mode, on ``device``), preprocessing, postprocessing and spec of the served model.
 
@@ -127,30 +121,11 @@ class ServedStudent:
         cached = self._loaded.get(str(device))
         if cached is not None and cached[0] == key:
             return cached[1]
-        parser = self._parser(device)
+        # the same strict load as `python -m monai_rd.export` (one load sequence for every deployment path)
+        network, parser = bundle_network(self.bundle_root, self.model_path, {"device": device})
         spec = parser.get_parsed_content("model_spec")
-        parser.get_parsed_content("opt")  # typed options first: a contradiction names the option, not a KeyError
-        network = parser.get_parsed_content("network_def", instantiate=True)
-        state = torch.load(self.model_path, map_location=device, weights_only=True)
-        if isinstance(state, dict) and set(state) == {"model"}:
-            state = state["model"]  # a CheckpointSaver file with the network under "model"
-        if not isinstance(state, dict):
-            raise CheckpointMismatchError(f"{self.model_path} holds a {type(state).__name__}, not a state dict.")
-        expected = set(network.state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise CheckpointMismatchError(
-                f"{self.model_path} does not match the {spec['student']} student of {self.spec_path} "
-                f"({len(spec['class_names'])} classes): missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
-                f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}. Serve the model.pt that "
-                "was trained with this model_meta.json."
-            )
-        try:
-            network.load_state_dict(state, strict=True)
-        except RuntimeError as e:  # same keys, other shapes (e.g. another number of classes)
-            raise CheckpointMismatchError(f"{self.model_path} does not load into the network of {self.spec_path}: {e}") from e
         loaded = {
-            "network": network.to(device).eval(),
+            "network": network.to(device),
             "preprocessing": parser.get_parsed_content("preprocessing", instantiate=True),
             "postprocessing": parser.get_parsed_content("postprocessing", instantiate=True),
             "spec": spec,

@@ -70,10 +70,11 @@ def test_model_pt_loads_strictly_and_reloads_when_replaced(tmp_path):
     assert len([d for d in os.listdir(tmp_path / "models") if d.startswith("replaced-")]) == 1
 
     _write_model(tmp_path / "missing", drop_key="head.weight")
-    with pytest.raises(CheckpointMismatchError, match=r"missing keys \['head.weight'\]"):
+    missing = r'(?s)does not fit the network.*Missing key\(s\) in state_dict: "head.weight"'
+    with pytest.raises(CheckpointMismatchError, match=missing):
         ServedStudent(BUNDLE, str(tmp_path / "missing")).load("cpu")
     _write_model(tmp_path / "three", num_classes=3)  # same keys, a 3-class head: the spec says 5
-    with pytest.raises(CheckpointMismatchError, match="does not load"):
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)does not fit the network.*size mismatch for head.weight"):
         ServedStudent(BUNDLE, str(tmp_path / "three")).load("cpu")
     with pytest.raises(FileNotFoundError, match="no trained model to serve yet"):
         ServedStudent(BUNDLE, str(tmp_path / "empty")).load("cpu")
