@@ -6,11 +6,12 @@ import re
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def doc_commands(path: str) -> list[str]:
-    """The `python -m monai.bundle` and `torchrun` commands of a Markdown file's bash blocks, continuation lines joined.
+def doc_commands(path: str, prefixes: tuple[str, ...] = ("python -m monai.bundle", "torchrun ")) -> list[str]:
+    """The commands of a Markdown file's bash blocks that start with one of ``prefixes``, continuation lines joined.
 
     Args:
         path: the Markdown file, relative to the repository root (e.g. ``bundles/rd_demo/docs/README.md``).
+        prefixes: the command starts to collect (by default `python -m monai.bundle` and `torchrun`).
 
     Returns:
         The commands in document order, each on one line with its trailing ``# comment`` dropped (as bash does) and
@@ -20,7 +21,7 @@ def doc_commands(path: str) -> list[str]:
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
-            if line.strip().startswith(("python -m monai.bundle", "torchrun ")):
+            if line.strip().startswith(tuple(prefixes)):
                 commands.append(" ".join(re.sub(r"\s#\s.*$", "", line).split()))  # comment dropped, as bash does
     return commands
 

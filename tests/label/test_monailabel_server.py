@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -23,11 +24,16 @@ pytest.importorskip("monailabel", reason='needs the label extra: pip install -e 
 requests = pytest.importorskip("requests")
 from pydicom.data import get_testdata_file  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles"))
+from doc_commands import doc_commands  # noqa: E402  (tests/bundles: the README parser shared by the doc tests)
+
 pytestmark = [pytest.mark.label, pytest.mark.slow]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundles", "rd_demo")
 CONFIGS = os.path.join(BUNDLE, "configs")
+READMES = ("README.md", os.path.join("apps", "monailabel", "README.md"))
+STUDIES = "my_images"  # the studies folder the READMEs name
 DICOMS = {"ct_small": "CT_small.dcm", "mr_small": "MR_small.dcm"}  # pydicom's own CT and MR test files
 START_TIMEOUT, STOP_TIMEOUT, TRAIN_TIMEOUT = 300, 30, 600
 
@@ -36,6 +42,25 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def readme_command() -> str:
+    """The `monailabel start_server` command, the same in the README and the app's README (else the test fails)."""
+    commands = {path: doc_commands(path, prefixes=("monailabel start_server",)) for path in READMES}
+    assert all(len(c) == 1 for c in commands.values()), commands
+    assert len({c[0] for c in commands.values()}) == 1, f"the READMEs give different commands: {commands}"
+    command = commands[READMES[0]][0]
+    assert f"--studies {STUDIES} " in command and "--host 127.0.0.1" in command, command
+    return command
 
 
 def _env() -> dict:
@@ -77,14 +102,20 @@ def server(tmp_path_factory):
     for split, k in per_class.items():
         sub[split] = [i for c in range(len(classes)) for i in [x for x in full[split] if x["label"] == c][:k]]
     json.dump(sub, open(tmp / "datalist.json", "w"))
-    models = tmp / "models"
+    # the README's command runs as typed from a scratch copy of the repository layout it names (apps/monailabel,
+    # bundles/rd_demo with its models/ folder, my_images), so that training never replaces anything in the repo
+    work = tmp / "work"
+    shutil.copytree(os.path.join(REPO, "apps", "monailabel"), work / "apps" / "monailabel",
+                    ignore=shutil.ignore_patterns("__pycache__", "bin", "lib", "logs", "model"))
+    shutil.copytree(BUNDLE, work / "bundles" / "rd_demo", ignore=shutil.ignore_patterns("models"))
+    models = work / "bundles" / "rd_demo" / "models"
     _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", os.path.join(CONFIGS, "train.json"),
           "--ckpt_dir", str(models), "--output_dir", str(tmp / "eval"), "--datalist_json", str(tmp / "datalist.json"),
           "--epochs", "1", "--batch_size", "5", "--image_size", "32"])
 
     # the studies: the demo's test-split PNGs (not trained on) and two real DICOM files; a copy for inference.json,
     # since the server adds its own files (labels/, datastore_v2.json) to the studies folder
-    studies, images = tmp / "studies", tmp / "images"
+    studies, images = work / STUDIES, tmp / "images"
     studies.mkdir()
     labels = {}
     for item in sub["test"]:
@@ -97,13 +128,13 @@ def server(tmp_path_factory):
         labels[image_id] = classes[i]  # any class: the point is that DICOM files go through training
     shutil.copytree(studies, images)
 
-    port = _free_port()
+    cmd = shlex.split(readme_command())
+    port = int(cmd[cmd.index("--port") + 1])
+    if not _port_is_free(port):  # the only change ever made to the typed command: another server holds its port
+        port = _free_port()
+        cmd[cmd.index("--port") + 1] = str(port)
     log = open(tmp / "server.log", "w")
-    cmd = ["monailabel", "start_server", "--app", os.path.join(REPO, "apps", "monailabel"), "--studies", str(studies),
-           "--conf", "bundle", BUNDLE, "--conf", "models", str(models), "--host", "127.0.0.1", "--port", str(port)]
-    if shutil.which("monailabel", path=_env()["PATH"]) is None:
-        cmd = [sys.executable, "-m", "monailabel.main", *cmd[1:]]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT
     while True:
