@@ -16,14 +16,20 @@ plots, the LR/α/β schedules) are dropped, as they are not part of a training s
 (the live teacher's epochs first, then a c, c a, ...) after a warm-up round, and the median epoch of each mode is reported, so drift
 on a shared machine affects all modes alike.
 
-Then the deployed student (eager and TorchScript) and the teacher are timed at batch 1 and 32, and their
-parameter counts are reported (the paper's Table 6).
+The same holds for any RD bundle, 2D or 3D, classification (``RDTrainer``) or segmentation (``DenseRDTrainer``):
+the modes only set ``distill`` and ``cache_teacher``, and forward hooks count the teacher's and Φ's calls in the
+timed epochs, so the run stops (:func:`check_modes`) if a mode did not run what it is named for.
+
+Then the deployed student (eager and TorchScript) and the teacher are timed at batch 1 and 32 on random inputs of
+the shape of one preprocessed training image (the student through the bundle's ``inferer`` when it has one, e.g.
+a segmentation bundle's sliding window), and their parameter counts are reported (the paper's Table 6).
 
 Usage (from the repository root)::
 
     python benchmarks/bench_speed.py --json benchmarks/results/cpu-2core.json
     python benchmarks/bench_speed.py --device cuda --json benchmarks/results/<machine>.json
     python benchmarks/bench_speed.py --override image_size=32 --override batch_size=8 --max_iters 2 --epochs 1
+    python benchmarks/bench_speed.py --config_file bundles/rd_brain_segment/configs/train.json --latency_batches 1,4
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ MODES: dict[str, dict[str, Any]] = {
 }
 MODE_LABELS = {"student_alone": "(a) student alone", "rd_live": "(b) RD, live teacher", "rd_cached": "(c) RD, cached"}
 
-__all__ = ["main", "parse_args", "MODES"]
+__all__ = ["main", "parse_args", "MODES", "EXPECTED_FORWARDS", "check_modes", "latency_image_shape"]
 
 
 # --------------------------------------------------------------------------------------------- arguments
@@ -329,7 +335,22 @@ def make_parser(config_file: str, overrides: dict[str, Any], mode: dict[str, Any
 
 
 class ModeRun:
-    """One mode's trainer built from the bundle, run one epoch at a time."""
+    """One mode's trainer built from the bundle, run one epoch at a time.
+
+    Forward hooks count the calls of the trainer's teacher and Φ during the timed epochs, so the result shows what
+    each mode actually ran (:func:`check_modes`): a mode whose bundle overrides did not take effect (e.g. a recipe
+    in which ``distill=false`` still builds the teacher into the trainer) would otherwise be timed under the
+    wrong name.
+
+    Args:
+        name: the mode's key in :data:`MODES`.
+        parser: the bundle's config for this mode (:func:`make_parser`).
+        device: the device it trains on.
+        max_iters: cap on iterations per timed epoch (None: the full DataLoader).
+
+    Raises:
+        ValueError: the training DataLoader is empty.
+    """
 
     def __init__(self, name: str, parser, device: torch.device, max_iters: int | None) -> None:
         self.name = name
@@ -342,10 +363,49 @@ class ModeRun:
             raise ValueError(f"mode {name}: the training DataLoader is empty (batch size larger than the split?).")
         self.seconds: list[float] = []
         self.peak_bytes: list[int] = []
+        self._calls = {"teacher": 0, "reprogrammer": 0}
+        self.timed_calls = {"teacher": 0, "reprogrammer": 0}
+        self.timed_iters = 0
+        self._hooks = []
+        for role in self._calls:
+            module = getattr(self.trainer, role, None)
+            if module is not None:
+                self._hooks.append(module.register_forward_hook(self._counter(role)))
 
-    def run_epoch(self, memory: PeakMemory | None = None, iters: int | None = None) -> tuple[float, int | None]:
+    def _counter(self, role: str) -> Callable[..., None]:
+        def count(*_: Any) -> None:
+            self._calls[role] += 1
+
+        return count
+
+    def remove_hooks(self) -> None:
+        """Detach the call counters (before the latency benchmark reuses the same teacher)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def components(self) -> dict[str, Any]:
+        """What this mode's trainer holds and what it ran per timed iteration (see :func:`check_modes`)."""
+        per_iter = {k: v / self.timed_iters if self.timed_iters else None for k, v in self.timed_calls.items()}
+        return {
+            "trainer": type(self.trainer).__name__,
+            "has_teacher": self.trainer.teacher is not None,
+            "has_reprogrammer": self.trainer.reprogrammer is not None,
+            "has_feature_cache": self.trainer.feature_cache is not None,
+            "timed_iterations": self.timed_iters,
+            "teacher_forwards": self.timed_calls["teacher"],
+            "reprogrammer_forwards": self.timed_calls["reprogrammer"],
+            "teacher_forwards_per_iteration": per_iter["teacher"],
+            "reprogrammer_forwards_per_iteration": per_iter["reprogrammer"],
+        }
+
+    def run_epoch(
+        self, memory: PeakMemory | None = None, iters: int | None = None, timed: bool = False
+    ) -> tuple[float, int | None]:
+        """One epoch of ``iters`` iterations (default: the timed length); returns (seconds, peak bytes or None)."""
         from ignite.engine import Engine
 
+        calls_before = dict(self._calls)
         if memory is not None:
             memory.start()
         _sync(self.device)
@@ -356,7 +416,54 @@ class ModeRun:
         _sync(self.device)
         dt = time.perf_counter() - t0
         peak = memory.stop() if memory is not None else None
+        if timed:
+            self.timed_iters += iters or self.iters
+            for role, n in self._calls.items():
+                self.timed_calls[role] += n - calls_before[role]
         return dt, peak
+
+
+# per mode: (teacher forwards, Φ forwards) per timed iteration that the mode's name promises
+EXPECTED_FORWARDS: dict[str, tuple[int, int]] = {"student_alone": (0, 0), "rd_live": (1, 1), "rd_cached": (0, 1)}
+
+
+def check_modes(runs: dict[str, ModeRun]) -> dict[str, dict[str, Any]]:
+    """Check that every mode ran what its name says, from the calls counted during its timed epochs.
+
+    (a) the student alone: no teacher and no Φ in the trainer, neither called; (b) RD live: the teacher and Φ once
+    per iteration; (c) RD cached: Φ once per iteration, the teacher never (its features come from the cache).
+
+    Args:
+        runs: the modes after their timed epochs.
+
+    Returns:
+        ``{mode: ModeRun.components()}``, for the result JSON.
+
+    Raises:
+        RuntimeError: a mode did not run what its name says (e.g. the bundle's overrides for it had no effect);
+            the message names the mode, the counts and the ``--config_file``'s keys involved.
+    """
+    report = {name: run.components() for name, run in runs.items()}
+    problems = []
+    for name, (teacher, phi) in EXPECTED_FORWARDS.items():
+        c = report[name]
+        got = (c["teacher_forwards"], c["reprogrammer_forwards"])
+        want = (teacher * c["timed_iterations"], phi * c["timed_iterations"])
+        if got != want:
+            problems.append(f"{name}: {got[0]} teacher and {got[1]} Φ forwards in {c['timed_iterations']} timed "
+                            f"iterations, expected {want[0]} and {want[1]}")
+    if report["student_alone"]["has_teacher"] or report["student_alone"]["has_reprogrammer"]:
+        problems.append("student_alone: the trainer holds a teacher or Φ with distill=false")
+    if report["rd_live"]["has_feature_cache"] or not report["rd_cached"]["has_feature_cache"]:
+        problems.append("rd_live must train without the feature cache (cache_teacher=false) and rd_cached with it")
+    if problems:
+        overrides = {name: MODES[name] for name in MODES}
+        raise RuntimeError(
+            "the benchmark's modes did not run what they are named for: " + "; ".join(problems)
+            + f". The modes set these bundle keys: {overrides}; check that the bundle's train.json reads them "
+            "(distill disables the teacher and Φ, cache_teacher selects train#use_cache)."
+        )
+    return report
 
 
 # --------------------------------------------------------------------------------------------- inference
@@ -384,37 +491,92 @@ def _n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def latency_image_shape(dataset) -> tuple[int, ...]:
+    """Shape (C, *spatial) of one preprocessed training image: what the deployed student is timed on.
+
+    Taken from the data rather than from config keys, so it holds for every recipe: ``image_size`` resized 2D or
+    3D images for classification, whole (padded) volumes for segmentation, whatever ``spatial_dims`` is.
+
+    Args:
+        dataset: the training dataset of a mode's trainer; item 0 is a dict with ``image`` (C, *spatial), or a
+            list of such dicts (a transform that returns several samples).
+
+    Returns:
+        ``(C, *spatial)``.
+
+    Raises:
+        ValueError: the item has no ``image`` of at least 2 dimensions.
+    """
+    item = dataset[0]
+    if isinstance(item, (list, tuple)):
+        item = item[0]
+    image = item.get("image") if isinstance(item, dict) else None
+    if image is None or len(image.shape) < 2:
+        raise ValueError(
+            "the latency benchmark needs the training dataset's items to hold an 'image' (C, *spatial); got "
+            f"{type(item).__name__} with keys {list(item) if isinstance(item, dict) else None}."
+        )
+    return tuple(int(d) for d in image.shape)
+
+
 def inference_benchmark(
-    parser, device: torch.device, batches: Sequence[int], repeats: int, budget_s: float
+    parser,
+    device: torch.device,
+    batches: Sequence[int],
+    repeats: int,
+    budget_s: float,
+    image_shape: Sequence[int],
 ) -> tuple[dict, dict]:
-    """Latency of the deployed student (eager, TorchScript) and the teacher; parameter counts."""
+    """Latency of the deployed student (eager, TorchScript) and the teacher; parameter counts.
+
+    The student runs through the bundle's ``inferer`` when its config defines one (e.g. a segmentation bundle's
+    ``SlidingWindowInferer`` at ``roi_size``: how it is validated and deployed), else it is called on the batch.
+    The teacher is called on the same batch (it resizes to its own input size), as the live RD trainer calls it.
+
+    Args:
+        parser: the rd_cached mode's config (teacher, Φ and the student all built).
+        device: where to run.
+        batches: batch sizes to time.
+        repeats: timed calls per measurement (median reported).
+        budget_s: stop a measurement after this long once it has 3 calls.
+        image_shape: (C, *spatial) of one image (:func:`latency_image_shape`).
+
+    Returns:
+        ``(inference, params)`` dicts for the result JSON.
+    """
     network = parser.get_parsed_content("network").eval()
     teacher = parser.get_parsed_content("teacher").to(device).eval()
     phi = parser.get_parsed_content("reprogrammer").eval()
-    size = int(parser.get_parsed_content("image_size"))
-    in_ch = int(parser.get_parsed_content("in_channels"))
+    inferer = parser.get_parsed_content("inferer") if "inferer" in parser else None
+    shape = tuple(int(d) for d in image_shape)
 
     scripted = torch.jit.script(network)
     torch.manual_seed(0)
-    x_check = torch.rand(4, in_ch, size, size, device=device)
+    x_check = torch.rand(4, *shape, device=device)
     with torch.no_grad():
         ref = network(x_check)
         got = scripted(x_check)
     max_diff = float((ref - got).abs().max())
     matches = bool(torch.allclose(ref, got, rtol=1e-4, atol=1e-5))
 
+    def deployed(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+        return (lambda: inferer(x, model)) if inferer is not None else (lambda: model(x))
+
     latency: dict[str, dict[str, float]] = {"student_eager": {}, "student_torchscript": {}, "teacher": {}}
     for batch in batches:
-        x = torch.rand(batch, in_ch, size, size, device=device)
-        latency["student_eager"][str(batch)] = _latency_ms(lambda: network(x), device, repeats, budget_s)
-        latency["student_torchscript"][str(batch)] = _latency_ms(lambda: scripted(x), device, repeats, budget_s)
+        x = torch.rand(batch, *shape, device=device)
+        latency["student_eager"][str(batch)] = _latency_ms(deployed(network, x), device, repeats, budget_s)
+        latency["student_torchscript"][str(batch)] = _latency_ms(deployed(scripted, x), device, repeats, budget_s)
         latency["teacher"][str(batch)] = _latency_ms(lambda: teacher(x), device, repeats, budget_s)
     latency["teacher_over_student"] = {
         b: latency["teacher"][b] / latency["student_eager"][b] for b in latency["student_eager"]
     }
 
     inference = {
-        "input": f"(B, {in_ch}, {size}, {size}) random images in [0, 1]; the teacher resizes to its own input size",
+        "input": f"(B, {', '.join(map(str, shape))}) random images in [0, 1], the shape of one preprocessed training "
+        "image; the teacher resizes to its own input size",
+        "input_shape": list(shape),
+        "student_inferer": type(inferer).__name__ if inferer is not None else "direct call",
         "unit": "ms per batch, median",
         "latency_ms": latency,
         "torchscript_max_abs_diff": max_diff,
@@ -452,7 +614,9 @@ def _config_summary(parser, config_file: str, overrides: dict[str, Any]) -> dict
         "config_file": os.path.relpath(os.path.abspath(config_file), REPO),
         "overrides": overrides,
         "student": get("student"),
+        "spatial_dims": get("spatial_dims"),
         "image_size": get("image_size"),
+        "roi_size": get("roi_size"),
         "batch_size": get("batch_size"),
         "num_workers": get("num_workers"),
         "amp": bool(parser.get_parsed_content("amp")),
@@ -473,6 +637,7 @@ def _config_summary(parser, config_file: str, overrides: dict[str, Any]) -> dict
         "cache_views": get("cache_views"),
         "cache_dtype": get("cache_dtype"),
         "trainer": train_cfg.get("_target_") if isinstance(train_cfg, dict) else None,
+        "inferer": get("inferer#_target_"),
     }
 
 
@@ -598,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         pair = ["student_alone", "rd_cached"]
         schedule += [(True, n) for n in (pair if rnd % 2 == 0 else pair[::-1])]
     for timed, name in schedule:
-        dt, peak = runs[name].run_epoch(memory if timed else None, None if timed else args.warmup_iters)
+        dt, peak = runs[name].run_epoch(memory if timed else None, None if timed else args.warmup_iters, timed=timed)
         tag = "timed" if timed else "warm-up"
         print(f"[bench] {tag:>7} {name:<14} {dt:8.2f} s", flush=True)
         if timed:
@@ -606,10 +771,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             runs[name].peak_bytes.append(int(peak or 0))
             order.append(name)
 
+    mode_check = check_modes(runs)
+    for run in runs.values():
+        run.remove_hooks()
+
     sec = {name: statistics.median(r.seconds) for name, r in runs.items()}
     parser_c = runs["rd_cached"].parser
     inference, params = inference_benchmark(
-        parser_c, device, args.latency_batches, args.latency_repeats, args.latency_budget_s
+        parser_c,
+        device,
+        args.latency_batches,
+        args.latency_repeats,
+        args.latency_budget_s,
+        image_shape=latency_image_shape(runs["rd_cached"].trainer.data_loader.dataset),
     )
 
     if hasattr(os, "getloadavg"):
@@ -623,7 +797,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         **result_header("bench_speed.py", argv, machine),
         "config": _config_summary(parser_c, args.config_file, args.overrides),
-        "modes": {name: {"label": MODE_LABELS[name], "bundle_overrides": MODES[name]} for name in MODES},
+        "modes": {
+            name: {"label": MODE_LABELS[name], "bundle_overrides": MODES[name], "ran": mode_check[name]}
+            for name in MODES
+        },
         "timing": {
             "warmup_epochs": args.warmup,
             "warmup_iters": args.warmup_iters,

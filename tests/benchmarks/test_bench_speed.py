@@ -1,4 +1,5 @@
-"""benchmarks/bench_speed.py on a tiny configuration of the demo bundle: the JSON it writes is complete and sane."""
+"""benchmarks/bench_speed.py on tiny configurations of the demo bundle (2D classification) and of rd_brain_segment
+(3D segmentation, DenseRDTrainer): the JSON it writes is complete and sane, and every mode ran what it is named for."""
 
 import importlib.util
 import json
@@ -7,10 +8,12 @@ import os
 import statistics
 
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "benchmarks", "bench_speed.py")
 CONFIGS = os.path.join(REPO, "bundles", "rd_demo", "configs")
+SEGMENT_CONFIGS = os.path.join(REPO, "bundles", "rd_brain_segment", "configs")
 MODES = ("student_alone", "rd_live", "rd_cached")
 
 
@@ -107,3 +110,122 @@ def test_inference_latency_torchscript_and_params(result):
 def test_returned_equals_written(result):
     returned, written, _ = result
     assert json.loads(json.dumps(returned, default=str)) == written
+
+
+def _assert_modes_ran_what_they_are_named_for(res, timed_iters):
+    # teacher / Phi forwards counted during the timed epochs: (a) neither, (b) both once per iteration, (c) Phi only
+    ran = {mode: res["modes"][mode]["ran"] for mode in MODES}
+    assert {m: r["timed_iterations"] for m, r in ran.items()} == timed_iters
+    assert (ran["student_alone"]["teacher_forwards"], ran["student_alone"]["reprogrammer_forwards"]) == (0, 0)
+    assert not ran["student_alone"]["has_teacher"] and not ran["student_alone"]["has_reprogrammer"]
+    n_live = timed_iters["rd_live"]
+    assert (ran["rd_live"]["teacher_forwards"], ran["rd_live"]["reprogrammer_forwards"]) == (n_live, n_live) != (0, 0)
+    assert not ran["rd_live"]["has_feature_cache"]
+    n_cached = timed_iters["rd_cached"]
+    assert (ran["rd_cached"]["teacher_forwards"], ran["rd_cached"]["reprogrammer_forwards"]) == (0, n_cached)
+    assert ran["rd_cached"]["has_feature_cache"]
+
+
+def test_demo_modes_ran_what_they_are_named_for(result):
+    _, res, _ = result
+    _assert_modes_ran_what_they_are_named_for(res, {"student_alone": 4, "rd_live": 2, "rd_cached": 4})
+
+
+class _Ran:
+    """A stand-in for a ModeRun after its timed epochs: only what check_modes reads."""
+
+    def __init__(self, components):
+        self._components = components
+
+    def components(self):
+        return self._components
+
+
+def test_check_modes_refuses_swapped_modes(result):
+    _, res, _ = result
+    bench = _load_bench()
+    ran = {mode: res["modes"][mode]["ran"] for mode in MODES}
+    assert bench.check_modes({m: _Ran(ran[m]) for m in MODES}) == ran
+    swaps = {
+        "student_alone": {"student_alone": "rd_cached", "rd_live": "rd_live", "rd_cached": "student_alone"},
+        "rd_live": {"student_alone": "student_alone", "rd_live": "rd_cached", "rd_cached": "rd_live"},
+    }
+    for wrong, swap in swaps.items():
+        with pytest.raises(RuntimeError, match=f"{wrong}: "):
+            bench.check_modes({m: _Ran(ran[swap[m]]) for m in MODES})
+    teacher_kept = {**ran, "student_alone": {**ran["student_alone"], "has_teacher": True}}
+    with pytest.raises(RuntimeError, match="student_alone: the trainer holds a teacher"):
+        bench.check_modes({m: _Ran(teacher_kept[m]) for m in MODES})
+
+
+# ------------------------------------------------------------------------------ 3D segmentation (dense RD)
+
+
+@pytest.fixture(scope="module")
+def segment(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench_speed_segment")
+    full = json.load(open(os.path.join(REPO, "bundles", "rd_brain_segment", "data", "datalist.json")))
+    sub = {"training": full["training"][1:3], "validation": full["validation"][:1], "test": full["test"][:1]}
+    with open(tmp / "datalist.json", "w") as f:
+        json.dump(sub, f)
+    # a scripted stand-in for the 3D CT teacher (the real one is tested in tests/networks/teachers/test_astra.py):
+    # a stride-4 map, so the dense Phi resamples it to the student's decoder map as with the real teacher
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Conv3d(3, 6, 4, stride=4), torch.nn.ReLU())
+    torch.jit.script(teacher).save(str(tmp / "teacher.ts"))
+    out = tmp / "result.json"
+    returned = _load_bench().main(
+        [
+            "--config_file", os.path.join(SEGMENT_CONFIGS, "train.json"),
+            "--override", f"datalist_json={tmp / 'datalist.json'}",
+            "--override", f"teacher_name=torchscript:{tmp / 'teacher.ts'}",
+            "--override", "teacher_input_size=[16, 32, 8]",
+            "--override", "student_channels=[4, 8]",
+            "--override", "student_strides=[2]",
+            "--override", "phi_hidden=8",
+            "--override", "roi_size=[24, 48, 16]",
+            "--epochs", "2",
+            "--live_epochs", "1",
+            "--warmup_iters", "1",
+            "--latency_batches", "1,2",
+            "--latency_repeats", "3",
+            "--json", str(out),
+        ]
+    )
+    return returned, json.load(open(out)), sub
+
+
+def test_segment_modes_ran_what_they_are_named_for(segment):
+    _, res, sub = segment
+    assert res["config"]["trainer"] == "monai_rd.engines.DenseRDTrainer" and res["config"]["spatial_dims"] == 3
+    # 2 training volumes at batch 1: a full epoch is 2 iterations (no --max_iters)
+    assert res["timing"]["iters_per_epoch"] == len(sub["training"]) == 2 and res["timing"]["batch_size"] == 1
+    assert all(r["ran"]["trainer"] == "DenseRDTrainer" for r in res["modes"].values())
+    _assert_modes_ran_what_they_are_named_for(res, {"student_alone": 4, "rd_live": 2, "rd_cached": 4})
+
+
+def test_segment_times_cache_and_ratios(segment):
+    _, res, sub = segment
+    sec = res["seconds_per_epoch"]
+    for mode in MODES:
+        assert sec[mode] == pytest.approx(statistics.median(res["timing"]["epoch_seconds"][mode])) and sec[mode] > 0
+    assert res["ratio_live"] == pytest.approx(sec["rd_live"] / sec["student_alone"])
+    assert res["ratio_cached"] == pytest.approx(sec["rd_cached"] / sec["student_alone"])
+    assert res["cache"]["items"] == len(sub["training"]) and res["cache"]["build_seconds"] > 0
+    assert res["cache"]["nbytes"] > 0
+
+
+def test_segment_latency_on_whole_volumes_through_the_sliding_window(segment):
+    returned, res, _ = segment
+    inf = res["inference"]
+    # one preprocessed training volume (C, D, H, W), not a 2D image of the bundle's size
+    assert inf["input_shape"] == [1, 40, 96, 16]
+    assert inf["student_inferer"] == "SlidingWindowInferer" and res["config"]["inferer"] == "SlidingWindowInferer"
+    assert inf["torchscript_matches_eager"] is True
+    for model in ("student_eager", "student_torchscript", "teacher"):
+        assert set(inf["latency_ms"][model]) == {"1", "2"}
+        assert all(v > 0 and math.isfinite(v) for v in inf["latency_ms"][model].values())
+    p = res["params"]
+    assert p["student_name"] == "unet" and p["teacher"] == 3 * 6 * 4**3 + 6  # the stand-in teacher's conv
+    assert p["reprogrammer"] > 0 and p["student_with_head"] == p["student_backbone"] + p["head"] > 0
+    assert json.loads(json.dumps(returned, default=str)) == res
