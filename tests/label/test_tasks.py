@@ -186,3 +186,47 @@ def test_the_2d_classification_bundles_declare_the_monailabel_version_they_are_t
         # what the app serves and its tests cover: 2D classification (segmentation and 3D bundles are not served)
         expected[name] = pinned if recipe == "classification" and len(spatial) == 2 else None
     assert declared == expected and sum(v is not None for v in declared.values()) >= 7
+
+
+def test_the_own_data_bundle_is_served_with_its_own_classes_and_dicom_reading(tmp_path):
+    """rd_classify (the own-data bundle) served: the user's classes from model_meta.json (a model.pt and model spec as
+    its training writes them, untrained weights), DICOM read as displayed, scores equal to its inference.json's.
+
+    Catches the served scores drifting from the bundle's own inference.json (another window, slope/intercept or
+    MONOCHROME1 handling, size or class order) on the real DICOM files a clinic would serve.
+    """
+    import csv
+    import subprocess
+    import sys
+
+    from pydicom.data import get_testdata_file
+
+    from monai_rd.label import RDClassifyInferTask
+
+    bundle = os.path.join(REPO, "bundles", "rd_classify")
+    classes = ["ct", "mr", "us"]
+    models, images = tmp_path / "models", tmp_path / "new_images"
+    reading = dict(frame=None, window="file", slice_axis=-1, slice_index=None, projection=None)
+    write_model_spec(model_spec(classes, 32, 1, False, "resnet18", bundle, reading=reading), str(models))
+    torch.manual_seed(0)
+    torch.save(StudentClassifier("resnet18", num_classes=3, in_channels=1).state_dict(), models / "model.pt")
+    images.mkdir()
+    # CT and MR with rescale slope/intercept and a window in the file, and a MONOCHROME1 radiograph
+    for name in ("693_UNCR.dcm", "MR2_UNCR.dcm", "RG3_UNCR.dcm"):
+        shutil.copy(get_testdata_file(name), images / name)
+
+    # the rd_classify docs' inference command (placeholders filled)
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                    os.path.join(bundle, "configs", "inference.json"), "--ckpt_dir", str(models),
+                    "--input_dir", str(images), "--output_dir", str(tmp_path / "predictions")],
+                   check=True, capture_output=True, timeout=600, cwd=REPO)
+    rows = {os.path.basename(r["image"]): r for r in csv.DictReader(open(tmp_path / "predictions" / "predictions.csv"))}
+    assert sorted(rows) == sorted(os.listdir(images))
+
+    task = RDClassifyInferTask(bundle, str(models))
+    assert task.labels == classes
+    for name, row in rows.items():
+        _, result = task({"image": str(images / name), "device": "cpu"})
+        assert result["activation"] == "softmax" and result["label"] == row["predicted"]
+        for c in classes:
+            assert abs(result["scores"][c] - float(row[c])) <= 1e-5, (name, c, result["scores"], row)
