@@ -59,8 +59,9 @@ def test_dense_rd_with_the_ct_teacher_trains_and_evaluates(trained):
 
 
 @pytest.mark.slow
-def test_sliding_window_inference_writes_ras_label_maps_at_the_training_spacing(trained, tmp_path):
-    """Catches inference skipping the orientation/spacing the model was trained with."""
+def test_sliding_window_inference_writes_label_maps_on_the_input_grid(trained, tmp_path):
+    """Catches inference skipping the orientation/spacing the model was trained with, or writing the label map on that
+    resampled grid instead of inverting it onto the input volume's own (LPS-like, 3 x 3 x 4 mm) grid."""
     tmp, _ = trained
     images = tmp / "data" / "Task09_Spleen" / "imagesTs"
     _bundle_run(os.path.join(CONFIGS, "inference.json"), "--input_dir", str(images), "--ckpt_dir", str(tmp / "models"),
@@ -68,6 +69,7 @@ def test_sliding_window_inference_writes_ras_label_maps_at_the_training_spacing(
     seg = nib.load(tmp_path / "out" / "spleen_4_seg.nii.gz")
     labels = np.asarray(seg.dataobj)
     assert set(np.unique(labels)) <= {0, 1}
-    assert np.allclose(np.diag(seg.affine)[:3], [1.5, 1.5, 2.0])  # RAS (positive) at 1.5 x 1.5 x 2 mm
-    # 24 x 24 x 12 voxels of 3 x 3 x 4 mm span 23 * 3 = 69 mm and 11 * 4 = 44 mm: 47 x 47 x 23 voxels at 1.5 x 1.5 x 2
-    assert labels.shape[:3] == (47, 47, 23)
+    source = nib.load(images / "spleen_4.nii.gz")
+    # the RAS 1.5 x 1.5 x 2 mm grid the network ran on would be 47 x 47 x 23 voxels with a positive diagonal
+    assert labels.shape[:3] == source.shape == (24, 24, 12)
+    assert np.allclose(seg.affine, source.affine)
