@@ -17,7 +17,9 @@ the same command again skips finished runs and resumes stopped ones. ``<results>
 accuracy at that mean on the task's test images, the fraction of the student -> probe gap the method closes
 (``(acc - acc_student) / (acc_probe - acc_student)``, from the means), and for methods with Phi the teacher
 branch's validation accuracy ``h(Phi(T(x)))`` at the last epoch beside the student's; then the same averaged over
-tasks. Everything in them is read from the runs' ``test_metrics.json`` and ``val_metrics.json``.
+tasks. Everything in them is read from the runs' ``test_metrics.json`` and ``val_metrics.json``, as are the two
+figures beside them: ``curves.png`` (validation accuracy per epoch of each method, the teacher branch dashed, the
+probe's as a line) and ``accuracy.png`` (test accuracy per task with its Wilson interval).
 """
 
 from __future__ import annotations
@@ -209,6 +211,96 @@ def write_summary(
         f.write("\n".join(lines) + "\n")
 
 
+def epoch_curves(out: str, method: str, student: str, seeds: Sequence[int]) -> dict[str, list[float]]:
+    """Validation accuracy per epoch of a task's method, the mean over the seeds whose runs have it.
+
+    Args:
+        out: the task's ``monai_rd.compare`` output folder.
+        method: the method.
+        student: the student architecture.
+        seeds: the seeds.
+
+    Returns:
+        ``{"student": [...], "teacher_branch": [...]}`` (the teacher branch h(Φ(T(x))) only for methods with Φ),
+        one value per epoch, averaged over the seeds that reached that epoch; empty lists when no run has a history.
+    """
+    per_seed: dict[str, list[list[float]]] = {"student": [], "teacher_branch": []}
+    for run in plan_grid(out, [method], [student], seeds):
+        val = _json(os.path.join(run.output_dir, "val_metrics.json"))
+        history = sorted((val or {}).get("history") or [], key=lambda h: h["epoch"])
+        for key, name in (("student", "accuracy"), ("teacher_branch", "teacher_branch_accuracy")):
+            values = [float(h[name]) for h in history if h.get(name) is not None]
+            if values:
+                per_seed[key].append(values)
+    curves = {}
+    for key, runs in per_seed.items():
+        epochs = max((len(r) for r in runs), default=0)
+        curves[key] = [_mean([r[e] for r in runs if len(r) > e]) for e in range(epochs)]
+    return curves
+
+
+def write_plots(
+    folder: str, outs: Mapping[str, str], rows: Sequence[Mapping], methods: Sequence[str], student: str,
+    seeds: Sequence[int],
+) -> list[str]:
+    """``curves.png``: per task, each method's validation accuracy per epoch (mean over seeds) with the teacher
+    branch h(Φ(T(x))) dashed and the probe's validation accuracy as a line: if the teacher branch stays below the
+    probe, the student cannot inherit the probe's margin. ``accuracy.png``: per task, each method's test accuracy
+    with its Wilson 95% interval. Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(outs)
+    cols = min(3, len(tasks))
+    nrows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for i, method in enumerate(methods):
+            curves = epoch_curves(outs[task], method, student, seeds)
+            if method == "probe":  # a probe has no student curve worth drawing: its last validation score
+                if curves["student"]:
+                    ax.axhline(curves["student"][-1], color="gray", ls=":", label="probe (val)")
+                continue
+            color = f"C{i}"
+            if curves["student"]:
+                ax.plot(range(1, len(curves["student"]) + 1), curves["student"], color=color, label=method)
+            if curves["teacher_branch"]:
+                ax.plot(range(1, len(curves["teacher_branch"]) + 1), curves["teacher_branch"], color=color, ls="--",
+                        label=f"{method}: h(Φ(T(x)))")
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("val accuracy (mean over seeds)")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.tight_layout()
+    written = [os.path.join(folder, "curves.png")]
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(tasks) * len(methods) / 2), 4))
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        mine = {r["task"]: r for r in rows if r["method"] == method and r["accuracy_mean"] is not None}
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i, t in enumerate(tasks) if t in mine]
+        means = [mine[t]["accuracy_mean"] for t in tasks if t in mine]
+        err = [[mine[t]["accuracy_mean"] - mine[t]["wilson95_low"] for t in tasks if t in mine],
+               [mine[t]["wilson95_high"] - mine[t]["accuracy_mean"] for t in tasks if t in mine]]
+        ax.bar(xs, means, width=width * 0.9, yerr=err, capsize=2, label=method, alpha=0.85)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (mean over seeds, Wilson 95%)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=len(methods))
+    fig.tight_layout()
+    written.append(os.path.join(folder, "accuracy.png"))
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
+
+
 def find_tasks(tasks_dir: str, names: Sequence[str] | None, include_demo: bool = False) -> dict[str, dict]:
     """``{task: its datalist.json's content + datalist_json and dataset_dir}`` for the task folders in ``tasks_dir``
     (or only ``names``), plus the demo's task as ``rd_demo`` when ``include_demo``.
@@ -256,9 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(folder, exist_ok=True)
     # the bundle's subprocesses import monai_rd from this checkout even when it is not installed
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
-    status, rows = 0, []
+    status, rows, outs = 0, [], {}
     for name, datalist in tasks.items():
-        out = os.path.join(folder, name)
+        out = outs[name] = os.path.join(folder, name)
         settings = {
             **DEMO_SETTINGS,
             "image_size": str(datalist.get("image_size", 64)),
@@ -280,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = {n: d.get("summary", "") for n, d in tasks.items()}
     command = "python benchmarks/suite/run_suite.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_summary(folder, rows, a.methods, shown, summaries, command)
-    print(f"suite: wrote {os.path.join(folder, 'summary.md')} and summary.csv")
+    plots = write_plots(folder, outs, rows, a.methods, a.student, a.seeds)
+    print(f"suite: wrote {os.path.join(folder, 'summary.md')}, summary.csv, " + ", ".join(map(os.path.basename, plots)))
     return status
 
 

@@ -24,6 +24,28 @@ def test_wilson_interval_and_gap():
     assert run_suite.gap_closed(0.7, 0.8, 0.8) is None
 
 
+def test_epoch_curves_average_each_epoch_over_the_seeds_that_reached_it(tmp_path):
+    """Catches curves averaged over the wrong key (the teacher branch for the student), over epochs instead of seeds,
+    or out of epoch order, and a teacher-branch curve invented for a run without one."""
+    histories = {
+        0: [{"epoch": 2, "accuracy": 0.5, "teacher_branch_accuracy": 0.8},
+            {"epoch": 1, "accuracy": 0.2, "teacher_branch_accuracy": 0.6}],
+        1: [{"epoch": 1, "accuracy": 0.4, "teacher_branch_accuracy": 0.7}],  # stopped after one epoch
+    }
+    for seed, history in histories.items():
+        run = tmp_path / "runs" / "rd" / "resnet18" / f"seed{seed}" / "eval"
+        run.mkdir(parents=True)
+        (run / "val_metrics.json").write_text(json.dumps({"history": history}))
+    curves = run_suite.epoch_curves(str(tmp_path), "rd", "resnet18", [0, 1, 2])
+    assert curves["student"] == pytest.approx([0.3, 0.5])
+    assert curves["teacher_branch"] == pytest.approx([0.65, 0.8])
+    alone = tmp_path / "runs" / "student" / "resnet18" / "seed0" / "eval"
+    alone.mkdir(parents=True)
+    (alone / "val_metrics.json").write_text(json.dumps({"history": [{"epoch": 1, "accuracy": 0.3}]}))
+    curves = run_suite.epoch_curves(str(tmp_path), "student", "resnet18", [0])
+    assert curves == {"student": [0.3], "teacher_branch": []}
+
+
 @pytest.mark.slow
 def test_summary_numbers_come_from_the_runs_metrics(tmp_path):
     """Catches a summary that mixes up methods or tasks, averages the wrong file (validation for test) or takes the
@@ -65,3 +87,4 @@ def test_summary_numbers_come_from_the_runs_metrics(tmp_path):
     assert (rows["rd"]["gap_closed"] == "") if gap is None else math.isclose(float(rows["rd"]["gap_closed"]), gap)
     summary = (folder / "summary.md").read_text()
     assert "| tiny | rd | 1 |" in summary and "Mean over tasks" in summary
+    assert (folder / "curves.png").stat().st_size > 0 and (folder / "accuracy.png").stat().st_size > 0
