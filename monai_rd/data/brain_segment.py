@@ -16,7 +16,12 @@ with the two voxels around the midline left out. Each hemisphere is cut into ``n
 slices, one slice apart; right slabs alternate between test (even) and validation (odd). No voxel is in two items,
 training never sees the right hemisphere, and validation and test slabs are one slice (2 mm) apart.
 
-Run ``python -m monai_rd.data.brain_segment --out bundles/rd_brain_segment/data`` to regenerate.
+2D variant (``--spatial_dims 2``, the data of ``bundles/rd_brain_segment_2d``): the same layout with one-slice
+"slabs" (:data:`SLICES_2D`), each saved as a 2D NIfTI image (X, Y) of one axial slice; right slices again alternate
+test/validation, one slice (2 mm) apart.
+
+Run ``python -m monai_rd.data.brain_segment --out bundles/rd_brain_segment/data`` (3D) or
+``python -m monai_rd.data.brain_segment --out bundles/rd_brain_segment_2d/data --spatial_dims 2`` to regenerate.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from monai_rd.data.brain_lobes import LOBE_CLASSES, MRICRON_DIR, load_colin27_aa
 
 __all__ = [
     "SEGMENT_CLASSES",
+    "SLICES_2D",
     "SlabLayout",
     "derive_brain_segment_slabs",
     "downsample2",
@@ -103,6 +109,10 @@ class SlabLayout:
                 yield side, x_range, self.z_start + k * (self.slab + 1), split
 
 
+# the 2D layout: 35 axial slices per hemisphere, every other slice of the labelled range (z = 8 to 76 at 2 mm)
+SLICES_2D = SlabLayout(z_start=8, slab=1, num_slabs=35)
+
+
 def window_uint8(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Rescale to uint8 between the 0.5 and 99.5 percentiles of the labelled voxels (clipped outside).
 
@@ -163,6 +173,7 @@ def derive_brain_segment_slabs(
     out_dir: str,
     layout: SlabLayout = SlabLayout(),
     spacing: float = 2.0,
+    spatial_dims: int = 3,
 ) -> dict[str, list[dict]]:
     """Cut hemisphere slabs from a 2 mm volume, save them as NIfTI and write ``out_dir/datalist.json``.
 
@@ -172,16 +183,21 @@ def derive_brain_segment_slabs(
         out_dir: output folder (``images/`` and ``labels/`` are created in it).
         layout: where the slabs lie and which split each goes to (right slabs are stored mirrored).
         spacing: voxel size in mm, written in the NIfTI headers.
+        spatial_dims: 3 saves (X, Y, slab) volumes; 2 saves each one-slice slab as a 2D (X, Y) image (for 2D
+            segmentation; ``layout.slab`` must be 1).
 
     Returns:
         The datalist: ``{"training": [...], "validation": [...], "test": [...]}`` of ``{"image", "label"}`` paths
         relative to ``out_dir``.
 
     Raises:
-        ValueError: the shapes differ or the slabs do not fit the volume.
+        ValueError: the shapes differ, the slabs do not fit the volume, or ``spatial_dims`` is 2 with slabs of more
+            than one slice.
     """
     import nibabel as nib
 
+    if spatial_dims not in (2, 3) or (spatial_dims == 2 and layout.slab != 1):
+        raise ValueError(f"spatial_dims must be 3, or 2 with one-slice slabs; got {spatial_dims} and slab={layout.slab}.")
     layout.check(image, labels)
     img8 = window_uint8(image, labels)
     affine = np.diag([spacing, spacing, spacing, 1.0])
@@ -193,6 +209,8 @@ def derive_brain_segment_slabs(
         vol, lab = img8[sl], labels[sl]
         if side == "R":  # mirrored: medial edge on the same side as the left slabs'
             vol, lab = vol[::-1], lab[::-1]
+        if spatial_dims == 2:
+            vol, lab = vol[..., 0], lab[..., 0]
         name = f"ch2_{side}_z{z0:03d}.nii.gz"
         for folder, data in (("images", vol), ("labels", lab)):
             nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), os.path.join(out_dir, folder, name))
@@ -220,8 +238,11 @@ def load_lobe_volume_2mm(mricron_dir: str = MRICRON_DIR) -> tuple[np.ndarray, np
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = mricron_arg_parser(__doc__, "output folder (images/, labels/ and datalist.json are written)")
+    p.add_argument("--spatial_dims", type=int, choices=(2, 3), default=3,
+                   help="3: 40x96x16 slabs (rd_brain_segment); 2: 40x96 axial slices (rd_brain_segment_2d)")
     a = p.parse_args(argv)
-    datalist = derive_brain_segment_slabs(*load_lobe_volume_2mm(a.mricron_dir), a.out)
+    layout = SLICES_2D if a.spatial_dims == 2 else SlabLayout()
+    datalist = derive_brain_segment_slabs(*load_lobe_volume_2mm(a.mricron_dir), a.out, layout, spatial_dims=a.spatial_dims)
     print({k: len(v) for k, v in datalist.items()})
 
 

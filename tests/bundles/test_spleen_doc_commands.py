@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from doc_commands import doc_commands, doc_variables  # tests/bundles, on sys.path under pytest
+from export_check import assert_torchscript_matches_eager
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOC = "bundles/rd_spleen_ct/docs/README.md"
@@ -84,13 +85,5 @@ def test_every_documented_command_but_the_download_runs_as_typed(root):
 
     # the exported TorchScript against the eager student, built and loaded independently of ckpt_export, through the
     # bundle's own preprocessing and sliding-window inferer on the test case
-    from monai_rd.export import bundle_network, preprocess_images
-
-    eager, parser = bundle_network(str(root / BUNDLE), str(models / "model.pt"))
-    x, _ = preprocess_images(parser, str(root / BUNDLE / "data" / "Task09_Spleen" / "imagesTs"), max_images=1)
-    inferer = parser.get_parsed_content("inferer")
-    scripted = torch.jit.load(str(models / "model.ts"), map_location="cpu").eval()
-    with torch.no_grad():
-        expected, got = inferer(x, eager), inferer(x, scripted)
-    assert expected.shape == (1, 2, *x.shape[2:])
-    assert torch.allclose(got, expected, rtol=0, atol=1e-5), float((got - expected).abs().max())
+    assert_torchscript_matches_eager(str(root / BUNDLE), str(models),
+                                     str(root / BUNDLE / "data" / "Task09_Spleen" / "imagesTs"), num_classes=2)

