@@ -222,10 +222,13 @@ def epoch_curves(out: str, method: str, student: str, seeds: Sequence[int]) -> d
 
     Returns:
         ``{"student": [...], "teacher_branch": [...]}`` (the teacher branch h(Φ(T(x))) only for methods with Φ),
-        one value per epoch, averaged over the seeds that reached that epoch; empty lists when no run has a history.
+        one value per epoch, averaged over the finished runs (those with test metrics, as in the summary table) that
+        reached that epoch; empty lists when there are none.
     """
     per_seed: dict[str, list[list[float]]] = {"student": [], "teacher_branch": []}
     for run in plan_grid(out, [method], [student], seeds):
+        if not os.path.isfile(run.test_metrics):  # an unfinished run's partial curve would not match the table
+            continue
         val = _json(os.path.join(run.output_dir, "val_metrics.json"))
         history = sorted((val or {}).get("history") or [], key=lambda h: h["epoch"])
         for key, name in (("student", "accuracy"), ("teacher_branch", "teacher_branch_accuracy")):

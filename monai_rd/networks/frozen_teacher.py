@@ -112,10 +112,17 @@ class FrozenTeacher(nn.Module):
             (B, in_channels, *input_size) float tensor.
 
         Raises:
-            ValueError: the channel count cannot be mapped to ``in_channels``.
+            ValueError: the channel count cannot be mapped to ``in_channels``, or ``input_size`` has another number of
+                spatial dims than ``x``.
         """
         # plain tensors: image metadata means nothing for feature maps
         x = (x.as_tensor() if hasattr(x, "as_tensor") else x).float()
+        if self.input_size is not None and len(self.input_size) != x.ndim - 2:
+            raise ValueError(
+                f"teacher {self.name!r} resizes to input_size {self.input_size} ({len(self.input_size)} spatial dims), "
+                f"but got input {tuple(x.shape)} with {x.ndim - 2}; give --teacher_input_size one size per spatial dim "
+                "of the images."
+            )
         c = x.shape[1]
         if c != self.in_channels:
             if c != 1:

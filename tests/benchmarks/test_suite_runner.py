@@ -26,22 +26,27 @@ def test_wilson_interval_and_gap():
 
 def test_epoch_curves_average_each_epoch_over_the_seeds_that_reached_it(tmp_path):
     """Catches curves averaged over the wrong key (the teacher branch for the student), over epochs instead of seeds,
-    or out of epoch order, and a teacher-branch curve invented for a run without one."""
+    or out of epoch order, a teacher-branch curve invented for a run without one, and an unfinished run (no test
+    metrics, so not in the table) averaged in."""
     histories = {
         0: [{"epoch": 2, "accuracy": 0.5, "teacher_branch_accuracy": 0.8},
             {"epoch": 1, "accuracy": 0.2, "teacher_branch_accuracy": 0.6}],
-        1: [{"epoch": 1, "accuracy": 0.4, "teacher_branch_accuracy": 0.7}],  # stopped after one epoch
+        1: [{"epoch": 1, "accuracy": 0.4, "teacher_branch_accuracy": 0.7}],  # finished with one epoch
+        2: [{"epoch": 1, "accuracy": 0.9, "teacher_branch_accuracy": 0.9}],  # still training: no test metrics
     }
     for seed, history in histories.items():
         run = tmp_path / "runs" / "rd" / "resnet18" / f"seed{seed}" / "eval"
         run.mkdir(parents=True)
         (run / "val_metrics.json").write_text(json.dumps({"history": history}))
+        if seed != 2:
+            (run / "test_metrics.json").write_text(json.dumps({"final": {"accuracy": 0.5}}))
     curves = run_suite.epoch_curves(str(tmp_path), "rd", "resnet18", [0, 1, 2])
     assert curves["student"] == pytest.approx([0.3, 0.5])
     assert curves["teacher_branch"] == pytest.approx([0.65, 0.8])
     alone = tmp_path / "runs" / "student" / "resnet18" / "seed0" / "eval"
     alone.mkdir(parents=True)
     (alone / "val_metrics.json").write_text(json.dumps({"history": [{"epoch": 1, "accuracy": 0.3}]}))
+    (alone / "test_metrics.json").write_text(json.dumps({"final": {"accuracy": 0.3}}))
     curves = run_suite.epoch_curves(str(tmp_path), "student", "resnet18", [0])
     assert curves == {"student": [0.3], "teacher_branch": []}
 

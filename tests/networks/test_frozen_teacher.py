@@ -32,6 +32,9 @@ def test_preprocessing_repeats_resizes_and_normalises():
     assert torch.allclose(p, torch.ones_like(p))  # (0.75 - 0.5) / 0.25
     with pytest.raises(ValueError, match="channels"):
         t.preprocess(torch.rand(1, 2, 8, 8))
+    # a 3D input size for 2D images (e.g. --teacher_input_size [160,384,32]) is named, not a torch interpolate error
+    with pytest.raises(ValueError, match=r"input_size \(32, 32\) \(2 spatial dims\).*teacher_input_size"):
+        t.preprocess(torch.rand(1, 1, 8, 8, 8))
 
 
 def test_token_outputs_become_maps():
