@@ -9,8 +9,9 @@ The test suite checks that the committed files equal this generator's output.
 
 ``overrides.json`` has four sections, each a mapping of MONAI config ids (``"train#augmentation"``) to values:
 ``common`` (applied to ``train.json`` and ``inference.json``, wherever the id's parent exists; inference takes
-``class_names``, ``image_size``, ``in_channels``, ``multi_label``, ``student`` and ``spatial_dims`` from the trained
-model instead), ``train``,
+what the trained model fixes from its ``models/model_meta.json`` instead: ``class_names``, ``image_size``,
+``in_channels``, ``multi_label``, ``student`` and ``spatial_dims`` of a classifier, and a segmentation model's
+window size, intensity window, orientation, voxel size and UNet too), ``train``,
 ``evaluate`` and ``inference``. An ``imports`` value is appended to the recipe's imports. ``bundle_root`` is set
 to ``bundles/<name>``, and ``<bundle>`` in the recipe's text to that path.
 
@@ -35,7 +36,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monai_rd.bundle.model_spec import USER_FIELDS
+from monai_rd.bundle.model_spec import spec_fields
 
 __all__ = ["DEFAULT_RECIPE", "GENERATED", "OVERLAYS", "RECIPES_DIR", "generate_bundle", "main", "set_by_id"]
 
@@ -148,8 +149,9 @@ def generate_bundle(bundle_dir: str) -> dict[str, str]:
         if kind != "evaluate":
             config["bundle_root"] = bundle_path
             common = overrides.get("common", {})
-            # inference takes the model's own classes, size, channels and student from models/model_meta.json
-            skip = set(USER_FIELDS) if kind == "inference" and "model_spec" in config else set()
+            # inference takes what the trained model fixes (classes, size, channels, student, ...) from model_meta.json
+            recipe = overrides.get("recipe", DEFAULT_RECIPE)
+            skip = set(spec_fields(recipe)) if kind == "inference" and "model_spec" in config else set()
             _apply(config, {k: v for k, v in common.items() if (k == "imports" or _has_parent(config, k)) and k not in skip})
         _apply(config, overrides.get(kind, {}))
         config["_desc_"] = _HEADER + config.get("_desc_", "")

@@ -6,6 +6,10 @@ inputs prepared differently from its training. Training therefore writes ``model
 and channels, intensity scaling, spatial dims, class names in order, multi-label or not, student architecture,
 the bundle, and the monai_rd version and commit that trained it, plus MONAI's ``network_data_format``); the
 evaluation, inference and export configs take these values from it, and refuse an option that contradicts it.
+
+A segmentation model's spec (``"task": "segmentation"``) records what its sliding-window inference needs instead:
+class names (background first), spatial dims, channels, the window size, the intensity window, the orientation
+and voxel size its inputs were resampled to, and the UNet's channels, strides and residual units.
 """
 
 from __future__ import annotations
@@ -18,7 +22,17 @@ from typing import Any
 
 from monai_rd.errors import CheckpointMismatchError, OptionError
 
-__all__ = ["MODEL_SPEC_FILE", "SPEC_FORMAT", "as_class_names", "model_spec", "read_model_spec", "write_model_spec"]
+__all__ = [
+    "MODEL_SPEC_FILE",
+    "SEGMENTATION_FIELDS",
+    "SPEC_FORMAT",
+    "as_class_names",
+    "model_spec",
+    "read_model_spec",
+    "segmentation_model_spec",
+    "spec_fields",
+    "write_model_spec",
+]
 
 MODEL_SPEC_FILE = "model_meta.json"
 SPEC_FORMAT = 1
@@ -26,6 +40,23 @@ SPEC_FORMAT = 1
 USER_FIELDS = ("class_names", "image_size", "in_channels", "multi_label", "student", "spatial_dims")
 # how files are read (monai_rd.transforms.LoadImage2D); None: not given, take the model's
 READING_FIELDS = ("frame", "window", "slice_axis", "slice_index", "projection")
+# a segmentation model's fields, each also an option of the segmentation recipe
+SEGMENTATION_FIELDS = (
+    "class_names",
+    "spatial_dims",
+    "in_channels",
+    "roi_size",
+    "intensity_range",
+    "axcodes",
+    "pixdim",
+    "student",
+    "student_channels",
+    "student_strides",
+    "student_res_units",
+)
+# an inference choice, not a property of the fully convolutional model: a given value replaces the trained one
+SEGMENTATION_CHOICES = ("roi_size",)
+TASKS = ("classification", "segmentation")
 INTENSITY = "each image scaled to [0, 1] (monai.transforms.ScaleIntensity), gray (luma) when in_channels is 1"
 
 
@@ -111,6 +142,85 @@ def model_spec(
     }
 
 
+def spec_fields(task: str) -> tuple[str, ...]:
+    """The options a trained model of ``task`` fixes (evaluation and inference take them from its spec).
+
+    Raises:
+        ValueError: an unknown task.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {list(TASKS)}.")
+    return USER_FIELDS if task == "classification" else SEGMENTATION_FIELDS
+
+
+def _segmentation_value(key: str, value: Any, spatial_dims: int) -> Any:
+    """``value`` of segmentation field ``key`` in the spec's form (lists, ints, floats), checked."""
+    from monai_rd.bundle import options
+
+    if key == "class_names":
+        return as_class_names(value)
+    if key in ("spatial_dims", "in_channels", "student_res_units"):
+        return options.as_int(value, key, min_value=0 if key == "student_res_units" else 1)
+    if key == "roi_size":
+        return options.as_int_list(value, key, length=spatial_dims, min_value=1)
+    if key in ("student_channels", "student_strides"):
+        return options.as_int_list(value, key, min_value=1)
+    if key == "intensity_range":
+        return options.as_float_list(value, key, length=2)
+    if key == "pixdim":
+        return options.as_optional_float_list(value, key, length=spatial_dims, positive=True)
+    if key == "axcodes":
+        return options.as_optional_str(value, key)
+    return str(value)
+
+
+def segmentation_model_spec(bundle_root: str, **fields: Any) -> dict[str, Any]:
+    """The spec of a segmentation model being trained (the shared segmentation recipe's ``model_spec``).
+
+    Args:
+        bundle_root: the bundle folder; its name identifies the bundle.
+        fields: every one of :data:`SEGMENTATION_FIELDS`: ``class_names`` (background first), ``spatial_dims``,
+            ``in_channels``, ``roi_size`` (the sliding window, one size per axis), ``intensity_range`` (the raw
+            window scaled to [0, 1]), ``axcodes`` and ``pixdim`` (orientation and voxel size in mm the inputs are
+            resampled to; None: as read), ``student`` and its ``student_channels``, ``student_strides`` and
+            ``student_res_units``.
+
+    Returns:
+        The spec, JSON-serialisable, with MONAI's ``network_data_format`` (one probability channel per class).
+
+    Raises:
+        ValueError: a field is missing or unknown.
+        OptionError: a field's value is malformed (names the option).
+    """
+    from monai_rd import __version__
+
+    missing, unknown = set(SEGMENTATION_FIELDS) - set(fields), set(fields) - set(SEGMENTATION_FIELDS)
+    if missing or unknown:
+        raise ValueError(f"segmentation_model_spec: missing fields {sorted(missing)}, unknown {sorted(unknown)}.")
+    dims = _segmentation_value("spatial_dims", fields["spatial_dims"], 0)
+    if dims not in (2, 3):
+        raise OptionError(f"--spatial_dims must be 2 (images) or 3 (volumes), got {fields['spatial_dims']!r}.")
+    values = {k: _segmentation_value(k, fields[k], dims) for k in SEGMENTATION_FIELDS}
+    names = values["class_names"]
+    return {
+        "format": SPEC_FORMAT,
+        "task": "segmentation",
+        "bundle": os.path.basename(os.path.normpath(bundle_root)),
+        "monai_rd_version": __version__,
+        "monai_rd_commit": _commit(),
+        **values,
+        "intensity": "intensity_range scaled to [0, 1] and clipped (monai.transforms.ScaleIntensityRanged)",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "any",
+                                 "num_channels": values["in_channels"], "spatial_shape": values["roi_size"],
+                                 "dtype": "float32", "value_range": [0, 1], "is_patch_data": True}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": len(names),
+                                 "spatial_shape": values["roi_size"], "dtype": "float32", "value_range": [0, 1],
+                                 "is_patch_data": True, "channel_def": {str(i): c for i, c in enumerate(names)}}},
+        },
+    }
+
+
 def write_model_spec(spec: dict[str, Any], ckpt_dir: str) -> str:
     """Write ``spec`` to ``ckpt_dir/model_meta.json`` (atomically); returns the path."""
     from monai_rd.data.datalist import write_json_atomic
@@ -120,22 +230,25 @@ def write_model_spec(spec: dict[str, Any], ckpt_dir: str) -> str:
     return path
 
 
-def read_model_spec(ckpt_dir: str, bundle_root: str, **options: Any) -> dict[str, Any]:
+def read_model_spec(ckpt_dir: str, bundle_root: str, task: str = "classification", **options: Any) -> dict[str, Any]:
     """The spec of a trained model, checked against the bundle and the options the user gave.
 
     Args:
         ckpt_dir: the folder of ``model.pt`` and ``model_meta.json``.
         bundle_root: the bundle using the model; it must be the one that trained it.
-        options: ``class_names``, ``image_size``, ``in_channels``, ``multi_label``, ``student``, ``spatial_dims`` and
-            the reading options (``frame``, ``window``, ...) as the user gave them (None: not given, take the model's).
+        task: ``classification`` or ``segmentation``: the recipe reading the model.
+        options: classification: ``class_names``, ``image_size``, ``in_channels``, ``multi_label``, ``student``,
+            ``spatial_dims`` and the reading options (``frame``, ``window``, ...); segmentation: the
+            :data:`SEGMENTATION_FIELDS`; as the user gave them (None: not given, take the model's). A given
+            ``roi_size`` (the sliding window) is an inference choice: it replaces the trained one in the returned spec.
 
     Returns:
         The spec.
 
     Raises:
         FileNotFoundError: no ``model_meta.json`` beside the model.
-        CheckpointMismatchError: the model was trained by another bundle, another monai_rd version (major.minor),
-            or with an unknown spec format.
+        CheckpointMismatchError: the model was trained by another bundle or for another task, by another monai_rd
+            version (major.minor), or with an unknown spec format.
         OptionError: a given option contradicts the model (names both values).
     """
     from monai_rd import __version__
@@ -161,6 +274,13 @@ def read_model_spec(ckpt_dir: str, bundle_root: str, **options: Any) -> dict[str
             f"the model in {ckpt_dir} was trained with monai_rd {spec.get('monai_rd_version')}, this is {__version__}; "
             "use that version, or retrain."
         )
+    trained_task = spec.get("task", "classification")
+    if trained_task != task:
+        raise CheckpointMismatchError(
+            f"the model in {ckpt_dir} is a {trained_task} model ({path}); this {task} recipe cannot use it."
+        )
+    if task == "segmentation":
+        return _check_segmentation_options(spec, path, options)
     for key in USER_FIELDS + READING_FIELDS:
         given = options.get(key)
         if given is None:
@@ -178,5 +298,26 @@ def read_model_spec(ckpt_dir: str, bundle_root: str, **options: Any) -> dict[str
             raise OptionError(
                 f"--{key} {given!r} contradicts the trained model's {trained!r} ({path}); drop the option: "
                 "evaluation, inference and export use the model's own values."
+            )
+    return spec
+
+
+def _check_segmentation_options(spec: dict[str, Any], path: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The spec with the given inference choices (``roi_size``); refuses any other given option that differs from
+    the model's (both compared in the spec's form)."""
+    unknown = set(options) - set(SEGMENTATION_FIELDS)
+    if unknown:
+        raise ValueError(f"read_model_spec: unknown segmentation options {sorted(unknown)}.")
+    spec = dict(spec)
+    for key, given in options.items():
+        if given is None or (key in ("axcodes", "pixdim") and str(given).strip().lower() in ("none", "null", "")):
+            continue
+        value = _segmentation_value(key, given, int(spec["spatial_dims"]))
+        if key in SEGMENTATION_CHOICES:
+            spec[key] = value
+        elif value != spec.get(key):
+            raise OptionError(
+                f"--{key} {given!r} contradicts the trained model's {spec.get(key)!r} ({path}); drop the option: "
+                "evaluation and inference use the model's own values."
             )
     return spec

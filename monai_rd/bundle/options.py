@@ -9,12 +9,25 @@ with a message that names the option.
 
 from __future__ import annotations
 
+import ast
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from monai_rd.errors import OptionError
 
-__all__ = ["as_bool", "as_float", "as_int", "as_optional_float", "as_optional_int", "epoch_length"]
+__all__ = [
+    "as_bool",
+    "as_float",
+    "as_float_list",
+    "as_int",
+    "as_int_list",
+    "as_optional_float",
+    "as_optional_float_list",
+    "as_optional_int",
+    "as_optional_str",
+    "epoch_length",
+]
 
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
@@ -112,6 +125,81 @@ def as_optional_int(value: Any, name: str, min_value: int | None = None) -> int 
 def as_optional_float(value: Any, name: str, positive: bool = False) -> float | None:
     """Like :func:`as_float`, but ``None``, ``null`` and ``none`` mean "not set" and give None."""
     return None if _is_none(value) else as_float(value, name, positive=positive)
+
+
+def _as_list(value: Any, name: str, length: int | None, example: str) -> list:
+    """A list/tuple option (or its text, e.g. ``"[96,96,96]"`` from a shell) as a list of the given length."""
+    items = value
+    if isinstance(value, str):
+        try:
+            items = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            items = value
+    if isinstance(items, (int, float)) and not isinstance(items, bool) and length is not None:
+        items = [items] * length  # one number for every axis, as MONAI's transforms take it
+    if isinstance(items, str) or not isinstance(items, Sequence) or len(items) == 0:
+        raise OptionError(f"--{name} must be a list, e.g. {example}; got {value!r}.")
+    if length is not None and len(items) != length:
+        raise OptionError(f"--{name} must have {length} values (one per axis), e.g. {example}; got {value!r}.")
+    return list(items)
+
+
+def as_int_list(value: Any, name: str, length: int | None = None, min_value: int | None = None) -> list[int]:
+    """A list of integers, e.g. a window size per axis; ``"[96,96,64]"`` as typed in a shell is accepted.
+
+    Args:
+        value: the option's value.
+        name: the option's name, for the error message.
+        length: the number of values required (a single number is repeated to it); None: any.
+        min_value: the smallest allowed value of each.
+
+    Returns:
+        The integers.
+
+    Raises:
+        OptionError: not a list of integers, of another length, or a value below ``min_value``.
+    """
+    items = _as_list(value, name, length, "[96,96,96]")
+    return [as_int(v, f"{name}[{i}]", min_value) for i, v in enumerate(items)]
+
+
+def as_float_list(value: Any, name: str, length: int | None = None, positive: bool = False) -> list[float]:
+    """A list of finite floats, e.g. a voxel size per axis in mm or an intensity window.
+
+    Args:
+        value: the option's value.
+        name: the option's name, for the error message.
+        length: the number of values required (a single number is repeated to it); None: any.
+        positive: each value must be > 0.
+
+    Returns:
+        The floats.
+
+    Raises:
+        OptionError: not a list of finite numbers, of another length, or a value not positive when required.
+    """
+    items = _as_list(value, name, length, "[1.5,1.5,2.0]")
+    return [as_float(v, f"{name}[{i}]", positive=positive) for i, v in enumerate(items)]
+
+
+def as_optional_float_list(
+    value: Any, name: str, length: int | None = None, positive: bool = False
+) -> list[float] | None:
+    """Like :func:`as_float_list`, but ``None``, ``null`` and ``none`` mean "not set" and give None."""
+    return None if _is_none(value) else as_float_list(value, name, length, positive)
+
+
+def as_optional_str(value: Any, name: str) -> str | None:
+    """A text option, or None for ``None``, ``null``, ``none`` and the empty string.
+
+    Raises:
+        OptionError: neither text nor None (e.g. a number or a list).
+    """
+    if _is_none(value):
+        return None
+    if not isinstance(value, str):
+        raise OptionError(f"--{name} must be text (or null), got {value!r}.")
+    return value.strip()
 
 
 def epoch_length(num_items: int, batch_size: int) -> int:

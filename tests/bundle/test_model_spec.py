@@ -4,10 +4,11 @@ import json
 import os
 
 import pytest
+import torch
 
 from monai.bundle import ConfigParser
 from monai_rd import __version__
-from monai_rd.bundle import as_class_names, model_spec, read_model_spec, write_model_spec
+from monai_rd.bundle import as_class_names, model_spec, read_model_spec, segmentation_model_spec, write_model_spec
 from monai_rd.errors import CheckpointMismatchError, OptionError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -100,3 +101,56 @@ def test_the_3d_bundle_writes_spatial_dims_and_its_evaluate_inference_export_tak
             parser.get_parsed_content("opt#spatial_dims")
         assert isinstance(raised.value.__cause__, OptionError)
         assert "--spatial_dims '2' contradicts the trained model's 3" in str(raised.value.__cause__)
+
+
+SEG_FIELDS = dict(class_names=["background", "a", "b"], spatial_dims=3, in_channels=1, roi_size=[16, 16, 8],
+                  intensity_range=[-1000.0, 200.0], axcodes="RAS", pixdim=[1.5, 1.5, 2.0], student="unet",
+                  student_channels=[8, 16], student_strides=[2], student_res_units=1)
+
+
+def test_a_segmentation_spec_records_the_window_grid_and_unet_and_refuses_contradictions(tmp_path):
+    """Catches a segmentation spec that drops the voxel size or window (inference would resample differently from
+    training, silently), typed values compared as text, or a classifier's spec read as a segmentation model's."""
+    spec = segmentation_model_spec("bundles/rd_x", **{**SEG_FIELDS, "roi_size": "[16,16,8]", "pixdim": "[1.5,1.5,2]"})
+    assert spec["task"] == "segmentation" and spec["roi_size"] == [16, 16, 8] and spec["pixdim"] == [1.5, 1.5, 2.0]
+    fmt = spec["network_data_format"]
+    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "a", "2": "b"}
+    assert fmt["inputs"]["image"]["spatial_shape"] == [16, 16, 8]
+    write_model_spec(spec, str(tmp_path))
+    # the same values as a shell types them pass; None means "not given"
+    same = dict(roi_size="[16,16,8]", pixdim="[1.5,1.5,2.0]", intensity_range="[-1000,200]", spatial_dims="3",
+                student_channels="[8,16]", axcodes=None)
+    assert read_model_spec(str(tmp_path), "bundles/rd_x", task="segmentation", **same)["axcodes"] == "RAS"
+    # the sliding window is an inference choice: a given one is used
+    assert read_model_spec(str(tmp_path), "bundles/rd_x", task="segmentation", roi_size="[32,32,16]")["roi_size"] == [32, 32, 16]
+    for option, value in (("pixdim", "[1,1,1]"), ("axcodes", "LPS"),
+                          ("student_channels", [16, 32]), ("intensity_range", [0, 255])):
+        with pytest.raises(OptionError, match=f"--{option} .* contradicts the trained model's"):
+            read_model_spec(str(tmp_path), "bundles/rd_x", task="segmentation", **{option: value})
+    with pytest.raises(CheckpointMismatchError, match="is a segmentation model"):
+        read_model_spec(str(tmp_path), "bundles/rd_x")
+    with pytest.raises(OptionError, match="--pixdim must have 3 values"):
+        segmentation_model_spec("bundles/rd_x", **{**SEG_FIELDS, "pixdim": [1.0, 1.0]})
+
+
+@pytest.mark.parametrize("bundle", ["rd_brain_segment", "rd_brain_segment_2d", "rd_spleen_ct"])
+def test_segmentation_bundles_evaluate_and_infer_with_the_models_own_grid_and_unet(bundle, tmp_path):
+    """Catches training with `--pixdim`/`--roi_size` overrides and inference or evaluation quietly using the
+    bundle's defaults instead (another voxel size, another window), and an override that contradicts the model."""
+    configs = os.path.join(REPO, "bundles", bundle, "configs")
+    train, evaluate, infer = (os.path.join(configs, f) for f in ("train.json", "evaluate.json", "inference.json"))
+    dims = _parser(train).get_parsed_content("opt#spatial_dims")
+    narrower = [c // 2 for c in _parser(train).get_parsed_content("opt#student_channels")]
+    trained = dict(roi_size=str([24] * dims), pixdim=str([2.0] * dims), student_channels=str(narrower))
+    write_model_spec(_parser(train, **trained).get_parsed_content("model_spec"), str(tmp_path))
+    for files in ((infer,), (train, evaluate)):
+        parser = _parser(*files, ckpt_dir=str(tmp_path))
+        assert parser.get_parsed_content("opt#roi_size") == [24] * dims
+        assert parser.get_parsed_content("opt#pixdim") == [2.0] * dims
+        net = parser.get_parsed_content("network_def")
+        conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
+        assert next(m for m in net.modules() if isinstance(m, conv)).out_channels == narrower[0]
+        wrong = _parser(*files, ckpt_dir=str(tmp_path), pixdim=str([1.0] * dims))  # `--pixdim [1,1,1]` typed
+        with pytest.raises(RuntimeError) as raised:
+            wrong.get_parsed_content("opt#pixdim")
+        assert isinstance(raised.value.__cause__, OptionError) and "--pixdim" in str(raised.value.__cause__)

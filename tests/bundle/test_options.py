@@ -56,3 +56,22 @@ def test_epoch_length_refuses_an_empty_epoch():
     assert epoch_length(10, 3) == 3
     with pytest.raises(OptionError, match="--batch_size 32 is larger than the 8 training images"):
         epoch_length(8, 32)
+
+
+def test_list_options_as_a_shell_types_them():
+    """Catches a window or voxel size typed as text (`--roi_size "[96,96,64]"`) reaching MONAI as a string, a list of
+    the wrong length passing, and `null` not meaning "no resampling"."""
+    from monai_rd.bundle import as_float_list, as_int_list, as_optional_float_list, as_optional_str
+
+    assert as_int_list("[96,96,64]", "roi_size", length=3) == [96, 96, 64]
+    assert as_int_list(32, "roi_size", length=2) == [32, 32]  # one number for every axis
+    assert as_float_list((-1000, 200), "intensity_range", length=2) == [-1000.0, 200.0]
+    assert as_optional_float_list("null", "pixdim", length=3) is None
+    assert as_optional_str(" RAS ", "axcodes") == "RAS" and as_optional_str("None", "axcodes") is None
+    for call, match in ((lambda: as_int_list("[96,96]", "roi_size", length=3), "--roi_size must have 3 values"),
+                        (lambda: as_int_list("[96,0,96]", "roi_size", min_value=1), r"--roi_size\[1\] must be at least 1"),
+                        (lambda: as_int_list("ninety", "roi_size"), "--roi_size must be a list"),
+                        (lambda: as_optional_float_list("[1,-1]", "pixdim", positive=True), r"--pixdim\[1\] must be positive"),
+                        (lambda: as_optional_str(3, "axcodes"), "--axcodes must be text")):
+        with pytest.raises(OptionError, match=match):
+            call()

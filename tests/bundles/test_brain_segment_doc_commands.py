@@ -77,6 +77,11 @@ def test_every_documented_command_runs_as_typed(root):
     alone = torch.load(models / "alone" / f"checkpoint_epoch={epochs}.pt", weights_only=True)
     assert "reprogrammer" not in alone and "network" in alone
     assert json.load(open(evald / "alone" / "val_metrics.json"))["distill"] is False
+    # what evaluation, inference and export read back instead of the bundle's defaults
+    meta = json.load(open(models / "model_meta.json"))
+    assert meta["task"] == "segmentation" and meta["spatial_dims"] == dims and len(meta["class_names"]) == 6
+    assert meta["roi_size"] == json.load(open(here / "configs" / "train.json"))["roi_size"]
+    assert json.load(open(models / "alone" / "model_meta.json"))["student_channels"] == meta["student_channels"]
     test = json.load(open(evald / "test_metrics.json"))
     assert test["split"] == "test" and len(test["history"]) == 1
     assert 0.0 <= test["history"][0]["mean_dice"] <= 1.0 and len(test["history"][0]["dice_per_class"]) == 5

@@ -80,8 +80,7 @@ def test_bundle_layout_and_references(configs, tmp_path):
     trainer = "monai_rd.engines.DenseRDTrainer" if segmentation else "monai_rd.engines.RDTrainer"
     assert train["train"]["trainer"]["_target_"] == trainer
     _check_references(_parser(os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")))
-    extra = {} if segmentation else {"ckpt_dir": _trained_spec(configs, tmp_path)}
-    infer = _parser(os.path.join(configs, "inference.json"), **extra)
+    infer = _parser(os.path.join(configs, "inference.json"), ckpt_dir=_trained_spec(configs, tmp_path))
     _check_references(infer)
     for key in ("network_def", "preprocessing", "postprocessing", "inferer"):
         assert key in infer, key
@@ -109,9 +108,8 @@ def test_monai_verifies_metadata_offline_and_network_shapes(configs, tmp_path):
 
     # the shipped schema is used as-is (no download, its hash checked): a metadata file lacking a field fails
     verify_metadata(meta_file=os.path.join(configs, "metadata.json"), filepath=SCHEMA, hash_val=SCHEMA_MD5)
-    extra = {} if _recipe(configs) == "segmentation" else {"ckpt_dir": _trained_spec(configs, tmp_path)}
     verify_net_in_out(net_id="network_def", meta_file=os.path.join(configs, "metadata.json"),
-                      config_file=os.path.join(configs, "inference.json"), **extra)
+                      config_file=os.path.join(configs, "inference.json"), ckpt_dir=_trained_spec(configs, tmp_path))
 
 
 def test_schema_rejects_incomplete_metadata(tmp_path):

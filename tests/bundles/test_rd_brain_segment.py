@@ -133,3 +133,10 @@ def test_student_alone_from_the_command_line(run, tmp_path):
     ckpt = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)
     assert "reprogrammer" not in ckpt  # no teacher, no Phi: the string "false" was read as False
     assert json.load(open(tmp_path / "eval" / "val_metrics.json"))["distill"] is False
+
+    # the run's reading of the images is part of its fingerprint: resuming it on another voxel grid is refused
+    resumed = subprocess.run([*args[:args.index("--epochs")], "--epochs", "2", *args[args.index("--epochs") + 2:],
+                              "--resume", "true", "--pixdim", "[2,2,2]"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode != 0 and "reading" in resumed.stderr, resumed.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "models")) == ["checkpoint_epoch=1.pt", "model.pt", "model_meta.json"]
