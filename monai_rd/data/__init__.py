@@ -13,7 +13,14 @@ from monai_rd.data.feature_cache import (
     file_sha256,
     normalise_path,
 )
-from monai_rd.data.datalist import list_class_folder, list_images, make_class_folder_datalist, split_datalist, write_json_atomic
+from monai_rd.data.datalist import (
+    list_class_folder,
+    list_images,
+    list_volumes,
+    make_class_folder_datalist,
+    split_datalist,
+    write_json_atomic,
+)
 from monai_rd.data.pil_modes import convert_to_displayed_mode
 from monai_rd.data.checks import check_datalist, check_writable, default_image_loader
 from monai_rd.data.datalist import load_json, read_groups_csv
@@ -38,6 +45,7 @@ __all__ = [
     "isic2018_datalist",
     "list_class_folder",
     "list_images",
+    "list_volumes",
     "make_class_folder_datalist",
     "split_datalist",
     "write_json_atomic",

@@ -21,6 +21,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "list_class_folder",
     "list_images",
+    "list_volumes",
     "load_json",
     "load_saved_datalist",
     "make_class_folder_datalist",
@@ -240,6 +241,69 @@ def list_images(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS, recur
             break
     if not found:
         raise FileNotFoundError(f"no image with extension {tuple(extensions)} under {folder!r}.")
+    return [{"image": p} for p in sorted(found)]
+
+
+def _is_dicom(path: str) -> bool:
+    """A DICOM file: the ``.dcm`` suffix, or the ``DICM`` marker after the 128-byte preamble (scanner exports
+    often have no suffix)."""
+    if path.lower().endswith(".dcm"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _series_uids(folder: str, files: Sequence[str]) -> set[str]:
+    import pydicom
+
+    uids = set()
+    for f in files:
+        try:
+            ds = pydicom.dcmread(os.path.join(folder, f), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except Exception as e:  # pydicom raises several types for a damaged file
+            raise DataCheckError(f"{os.path.join(folder, f)} is not a readable DICOM file ({e}).") from e
+        uids.add(str(getattr(ds, "SeriesInstanceUID", "")))
+    return uids
+
+
+def list_volumes(folder: str, extensions: Sequence[str] = (".nii", ".nii.gz")) -> list[dict]:
+    """The volumes under ``folder`` as ``{"image": path}`` items, sorted (a segmentation inference datalist):
+    every NIfTI file, and every folder of DICOM files as one volume (MONAI's ``PydicomReader`` reads a folder as one
+    series, sorted by slice position, in Hounsfield units).
+
+    Args:
+        folder: folder to search, recursively.
+        extensions: volume file name endings (case-insensitive) besides DICOM series.
+
+    Returns:
+        Items with absolute paths: a file for a NIfTI volume, a folder for a DICOM series.
+
+    Raises:
+        FileNotFoundError: ``folder`` is missing or holds no volume.
+        DataCheckError: a folder holds DICOM files of more than one series (they would be stacked into one
+            volume), or a DICOM file that cannot be read; names the folder.
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"input folder {folder!r} does not exist; pass --input_dir <folder of volumes>.")
+    exts = tuple(e.lower() for e in extensions)
+    found = []
+    for root, _, files in os.walk(folder):
+        found += [os.path.abspath(os.path.join(root, f)) for f in files if f.lower().endswith(exts)]
+        dicom = sorted(f for f in files if not f.lower().endswith(exts) and _is_dicom(os.path.join(root, f)))
+        if not dicom:
+            continue
+        uids = _series_uids(root, dicom)
+        if len(uids) > 1:
+            raise DataCheckError(
+                f"{root} holds DICOM files of {len(uids)} series ({', '.join(sorted(uids))}); a folder is read as one "
+                "volume, so put each series in a folder of its own."
+            )
+        found.append(os.path.abspath(root))
+    if not found:
+        raise FileNotFoundError(f"no volume (a file ending {tuple(extensions)} or a folder of DICOM files) under {folder!r}.")
     return [{"image": p} for p in sorted(found)]
 
 

@@ -23,6 +23,10 @@ _spec = importlib.util.spec_from_file_location("_decathlon_task", os.path.join(R
 _mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 write_decathlon_task = _mod.write_decathlon_task
+_spec = importlib.util.spec_from_file_location("_dicom_series", os.path.join(REPO, "tests", "data", "dicom_series.py"))
+_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_mod)
+write_dicom_series = _mod.write_dicom_series
 
 
 def _bundle_run(config_file, *args):
@@ -60,16 +64,40 @@ def test_dense_rd_with_the_ct_teacher_trains_and_evaluates(trained):
 
 @pytest.mark.slow
 def test_sliding_window_inference_writes_label_maps_on_the_input_grid(trained, tmp_path):
-    """Catches inference skipping the orientation/spacing the model was trained with, or writing the label map on that
-    resampled grid instead of inverting it onto the input volume's own (LPS-like, 3 x 3 x 4 mm) grid."""
+    """Catches inference skipping the orientation/spacing the model was trained with, writing the label map on that
+    resampled grid instead of inverting it onto the input volume's own (LPS-like, 3 x 3 x 4 mm) grid, and a DICOM
+    series read out of slice order, without its HU rescale or on another grid."""
     tmp, _ = trained
-    images = tmp / "data" / "Task09_Spleen" / "imagesTs"
+    source_path = tmp / "data" / "Task09_Spleen" / "imagesTs" / "spleen_4.nii.gz"
+    images = tmp_path / "in"
+    images.mkdir()
+    os.symlink(source_path, images / "spleen_4.nii.gz")
+    source = nib.load(source_path)
+    # the same CT as a DICOM series of one patient (suffix-less files in reverse order, stored values offset by
+    # the RescaleIntercept): it must be read into the same HU volume on the same grid
+    write_dicom_series(np.asarray(source.dataobj), source.affine, str(images / "patient7" / "ct"))
     _bundle_run(os.path.join(CONFIGS, "inference.json"), "--input_dir", str(images), "--ckpt_dir", str(tmp / "models"),
                 "--output_dir", str(tmp_path / "out"), *TINY[:4], "--roi_size", "[32, 32, 16]")
     seg = nib.load(tmp_path / "out" / "spleen_4_seg.nii.gz")
     labels = np.asarray(seg.dataobj)
     assert set(np.unique(labels)) <= {0, 1}
-    source = nib.load(images / "spleen_4.nii.gz")
     # the RAS 1.5 x 1.5 x 2 mm grid the network ran on would be 47 x 47 x 23 voxels with a positive diagonal
     assert labels.shape[:3] == source.shape == (24, 24, 12)
     assert np.allclose(seg.affine, source.affine)
+    # the series' label map lies at its relative path, on the same grid, voxel for voxel the NIfTI's
+    series_seg = nib.load(tmp_path / "out" / "patient7" / "ct_seg.nii.gz")
+    assert np.allclose(series_seg.affine, source.affine)
+    assert np.array_equal(np.asarray(series_seg.dataobj), labels)
+    # (a briefly trained model may label little, so the network's input is compared too, through the bundle's own
+    # preprocessing: orientation, spacing and HU window)
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(CONFIGS, "inference.json"))
+    parser.update({"bundle_root": BUNDLE, "ckpt_dir": str(tmp / "models"), "input_dir": str(images)})
+    preprocessing = parser.get_parsed_content("preprocessing")
+    from_nifti = preprocessing({"image": str(images / "spleen_4.nii.gz")})["image"]
+    from_series = preprocessing({"image": str(images / "patient7" / "ct")})["image"]
+    assert from_nifti.shape == from_series.shape and 0.0 < float(from_nifti.mean()) < 1.0
+    assert torch.allclose(from_series.as_tensor(), from_nifti.as_tensor(), atol=1e-5)
+    assert torch.allclose(from_series.affine, from_nifti.affine, atol=1e-5)

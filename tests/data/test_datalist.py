@@ -150,3 +150,26 @@ def test_malformed_saved_datalist_is_named_with_its_position(tmp_path):
         make_class_folder_datalist(str(folder), ["a", "b"], str(dl))
     with pytest.raises(DataCheckError, match=r"datalist .*nowhere.json does not exist"):
         load_json(str(tmp_path / "nowhere.json"), what="datalist")
+
+
+def test_list_volumes_finds_nifti_files_and_dicom_series_folders(tmp_path):
+    """Catches a DICOM series (suffix-less files, as scanners export them) missed or listed slice by slice, and two
+    series in one folder stacked silently into one volume."""
+    import nibabel as nib
+    from dicom_series import write_dicom_series  # tests/data, on sys.path under pytest
+
+    from monai_rd.data import list_volumes
+
+    vol, affine = np.zeros((6, 5, 4)), np.diag([2.0, 2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(vol.astype(np.int16), affine), str(tmp_path / "a.nii.gz"))
+    write_dicom_series(vol, affine, str(tmp_path / "patient1" / "ct"))
+    (tmp_path / "patient1" / "notes.txt").write_text("not an image")
+    items = list_volumes(str(tmp_path))
+    assert items == [{"image": str(tmp_path / "a.nii.gz")}, {"image": str(tmp_path / "patient1" / "ct")}]
+    write_dicom_series(vol, affine, str(tmp_path / "mixed"), suffix=".dcm")
+    write_dicom_series(vol[:, :, :2], affine, str(tmp_path / "mixed"), suffix="_b.dcm")
+    with pytest.raises(DataCheckError, match=r"mixed holds DICOM files of 2 series.*a folder of its own"):
+        list_volumes(str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no volume"):
+        list_volumes(str(tmp_path / "empty"))
