@@ -23,8 +23,14 @@ def write_dicom_series(volume, affine_ras, folder, suffix="", series_uid=None, r
     Returns:
         ``folder``.
     """
+    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    # a conformant file (preamble, file meta): pydicom 3 spells it enforce_file_format, 2.4 (the label extra's)
+    # write_like_original=False, which pydicom 3 deprecates
+    pydicom3 = int(pydicom.__version__.split(".")[0]) >= 3
+    conformant = {"enforce_file_format": True} if pydicom3 else {"write_like_original": False}
 
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine_ras, dtype=float)
     col_step, row_step, slice_step, origin = lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3]
@@ -49,5 +55,5 @@ def write_dicom_series(volume, affine_ras, folder, suffix="", series_uid=None, r
         ds.RescaleIntercept, ds.RescaleSlope = rescale_intercept, 1.0
         stored = np.round(np.asarray(volume[:, :, k], dtype=float) - rescale_intercept).astype(np.int16)
         ds.PixelData = np.ascontiguousarray(stored.T).tobytes()  # DICOM pixels are (row, column)
-        ds.save_as(os.path.join(folder, f"IM{nz - 1 - k:04d}{suffix}"), enforce_file_format=True)
+        ds.save_as(os.path.join(folder, f"IM{nz - 1 - k:04d}{suffix}"), **conformant)
     return folder
