@@ -8,11 +8,13 @@ Usage::
 The student is built from the bundle's ``configs/inference.json`` (``network_def``, with any ``--key value``
 overrides, as ``monai.bundle run`` takes them, e.g. ``--student mobilenetv2``), and ``model.pt`` is loaded
 **strictly**: a missing or unexpected weight stops the export, naming it. A few real images (``--images``, default
-the config's ``input_dir``) go through the bundle's own ``preprocessing``; the exported file is loaded back (ONNX
-through ONNX Runtime) and must give the eager model's logits within ``--atol`` (1e-4) on them, in a batch and
-one by one, before it is moved to ``--out``, so a file at ``--out`` has passed the check. The batch dimension is
-dynamic in every format. The exported model returns logits; apply softmax (sigmoid for multi-label bundles) as
-the bundle's ``postprocessing`` does.
+the config's ``input_dir``), listed by the bundle's own ``datalist`` (image files; for segmentation NIfTI volumes and
+DICOM series folders), go through the bundle's own ``preprocessing`` (segmentation: to the sliding window's
+``roi_size``); the exported file is loaded back (ONNX through ONNX Runtime) and must give the eager model's logits
+within ``--atol`` (1e-4) on them, in a batch and one by one, before it is moved to ``--out``, so a file at ``--out``
+has passed the check. The batch dimension is dynamic in every format. The exported model returns logits (per voxel
+for segmentation, on windows of ``roi_size``: run it through a sliding window as ``inference.json`` does); apply
+softmax (sigmoid for multi-label bundles) as the bundle's ``postprocessing`` does.
 
 - ``onnx``: ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based exporter; weights inside the file).
 - ``torch_export``: ``torch.export.export`` saved with ``torch.export.save`` (``.pt2``; load with
@@ -36,8 +38,8 @@ import torch
 import torch.nn as nn
 
 from monai.bundle import ConfigParser
+from monai.transforms import ResizeWithPadOrCrop
 from monai.utils import convert_to_tensor
-from monai_rd.data.datalist import list_images
 from monai_rd.errors import CheckpointMismatchError, DataCheckError, MonaiRDError, OptionError
 
 __all__ = ["FORMATS", "bundle_network", "export_model", "export_to_file", "load_exported", "main", "preprocess_images"]
@@ -98,31 +100,55 @@ def bundle_network(
 
 
 def preprocess_images(
-    parser: ConfigParser, images: str | None = None, max_images: int = 8
+    parser: ConfigParser, images: str | None = None, max_images: int = 8, crop_to_window: bool = True
 ) -> tuple[torch.Tensor, list[str]]:
-    """Up to ``max_images`` real images of a folder, through the bundle's ``preprocessing``, as one batch.
+    """Up to ``max_images`` real images of a folder, listed by the bundle's own ``datalist`` (PNG/DICOM files for
+    classification, NIfTI files and DICOM series folders for segmentation), through its ``preprocessing``, as one
+    batch. For a bundle that infers with a sliding window, each image is by default centre-cropped or padded to the
+    window's ``roi_size``: the input the deployed network sees.
 
     Args:
-        parser: the parsed inference config (its ``preprocessing`` and, by default, its ``input_dir``).
+        parser: the parsed inference config (its ``datalist``, ``preprocessing``, optional sliding-window
+            ``inferer`` and, by default, its ``input_dir``); its ``input_dir`` is set to ``images``.
         images: a folder of images; default the config's ``input_dir``.
         max_images: how many images (the first, by path).
+        crop_to_window: bring each image to the sliding window's ``roi_size`` (when the bundle has one); ``False``
+            keeps whole preprocessed images, for the bundle's inferer.
 
     Returns:
-        ``(batch (N, C, H, W) float32, the image paths)``.
+        ``(batch (N, C, *spatial) float32, the image paths)``.
 
     Raises:
-        DataCheckError: the folder does not exist or holds no image.
+        DataCheckError: the folder does not exist or holds no image, or its images differ in size and the bundle
+            has no sliding window to bring them to one.
     """
     folder = images if images is not None else parser.get_parsed_content("input_dir")
+    parser["input_dir"] = folder
     try:
-        items = list_images(folder)[:max_images]
-    except FileNotFoundError as e:
+        items = parser.get_parsed_content("datalist", lazy=False)[:max_images]
+    except Exception as e:
+        reason = _user_error(e)
+        if not isinstance(reason, FileNotFoundError):
+            raise
         raise DataCheckError(
-            f"{e} The export is checked on real images: pass --images <folder of a few images>."
+            f"{reason} The export is checked on real images: pass --images <folder of a few images>."
         ) from e
     transform = parser.get_parsed_content("preprocessing")
-    batch = torch.stack([convert_to_tensor(transform(dict(it))["image"], track_meta=False).float() for it in items])
-    return batch, [it["image"] for it in items]
+    inferer = parser.get("inferer") or {}
+    window = None
+    if crop_to_window and isinstance(inferer, Mapping) and str(inferer.get("_target_", "")).endswith("SlidingWindowInferer"):
+        window = ResizeWithPadOrCrop(parser.get_parsed_content("inferer#roi_size"))
+    tensors = []
+    for it in items:
+        image = transform(dict(it))["image"]
+        tensors.append(convert_to_tensor(window(image) if window else image, track_meta=False).float())
+    shapes = sorted({tuple(t.shape) for t in tensors})
+    if len(shapes) > 1:
+        raise DataCheckError(
+            f"the images under {folder!r} come out of the bundle's preprocessing in {len(shapes)} shapes {shapes}; "
+            "pass --images <folder of images of one size>."
+        )
+    return torch.stack(tensors), [it["image"] for it in items]
 
 
 def export_to_file(net: nn.Module, example: torch.Tensor, fmt: str, path: str) -> None:

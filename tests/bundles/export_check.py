@@ -20,7 +20,7 @@ def assert_torchscript_matches_eager(bundle_dir: str, models_dir: str, images_di
     from monai_rd.export import bundle_network, preprocess_images
 
     eager, parser = bundle_network(bundle_dir, f"{models_dir}/model.pt")
-    x, _ = preprocess_images(parser, images_dir, max_images=1)
+    x, _ = preprocess_images(parser, images_dir, max_images=1, crop_to_window=False)
     inferer = parser.get_parsed_content("inferer")
     scripted = torch.jit.load(f"{models_dir}/model.ts", map_location="cpu").eval()
     with torch.no_grad():

@@ -101,3 +101,27 @@ def test_sliding_window_inference_writes_label_maps_on_the_input_grid(trained, t
     assert from_nifti.shape == from_series.shape and 0.0 < float(from_nifti.mean()) < 1.0
     assert torch.allclose(from_series.as_tensor(), from_nifti.as_tensor(), atol=1e-5)
     assert torch.allclose(from_series.affine, from_nifti.affine, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_onnx_export_is_checked_on_a_dicom_series_and_a_nifti_volume(trained, tmp_path):
+    """Catches `python -m monai_rd.export` listing the check images as 2D classification does (a DICOM series folder
+    of suffix-less files found as no image), and volumes of different sizes stacked into one batch instead of
+    brought to the sliding window the deployed UNet sees."""
+    tmp, _ = trained
+    images = tmp_path / "in"
+    images.mkdir()
+    os.symlink(tmp / "data" / "Task09_Spleen" / "imagesTr" / "spleen_1.nii.gz", images / "spleen_1.nii.gz")
+    source = nib.load(tmp / "data" / "Task09_Spleen" / "imagesTs" / "spleen_4.nii.gz")
+    write_dicom_series(np.asarray(source.dataobj)[:, :, 2:], source.affine, str(images / "patient7" / "ct"))
+    out = tmp_path / "spleen.onnx"
+    cmd = [sys.executable, "-m", "monai_rd.export", "--bundle", BUNDLE, "--ckpt", str(tmp / "models" / "model.pt"),
+           "--format", "onnx", "--out", str(out), "--images", str(images)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "on 2 real images" in proc.stdout and out.is_file()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: np.zeros((3, 1, 32, 32, 16), np.float32)})[0]
+    assert logits.shape == (3, 2, 32, 32, 16)  # background + spleen on the training window, any batch size
