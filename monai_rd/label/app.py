@@ -7,8 +7,11 @@
 ``--conf`` values (strings, as MONAI Label passes them):
 
 - ``bundle``: one or more RD bundle folders, comma-separated (required). Each gives a model named after its
-  folder (``rd_demo``): an infer task (:class:`~monai_rd.label.infer_task.RDClassifyInferTask`) and a train task
-  (:class:`~monai_rd.label.train_task.RDTrainTask`) of the same name.
+  folder (``rd_demo``): for a classification bundle an infer task
+  (:class:`~monai_rd.label.infer_task.RDClassifyInferTask`) and a train task
+  (:class:`~monai_rd.label.train_task.RDTrainTask`) of the same name; for a segmentation bundle (its
+  ``metadata.json`` declares a ``segmentation`` output, e.g. ``rd_spleen_ct``) an infer task
+  (:class:`~monai_rd.label.segment_infer_task.RDSegmentInferTask`) only.
 - ``models``: the served models folder, for one bundle only (default ``<bundle>/models``); a training started
   from MONAI Label publishes its ``model.pt`` there.
 - ``model_file``: refused unless it is ``<models>/model.pt``: only the deployed student is served.
@@ -29,7 +32,8 @@ from monailabel.interfaces.datastore import Datastore
 
 from monai_rd.errors import OptionError
 from monai_rd.label.infer_task import RDClassifyInferTask
-from monai_rd.label.served_model import check_model_file
+from monai_rd.label.segment_infer_task import RDSegmentInferTask
+from monai_rd.label.served_model import ServedStudent, check_model_file
 from monai_rd.label.train_task import RDTrainTask
 
 __all__ = ["IMAGE_PATTERNS", "RDLabelApp"]
@@ -39,7 +43,8 @@ IMAGE_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.bmp", "*.tif", "*.tiff", "*.dcm
 
 
 class RDLabelApp(MONAILabelApp):
-    """MONAI Label app over RD bundles: classification infer and train tasks per bundle.
+    """MONAI Label app over RD bundles: classification infer and train tasks, or a segmentation infer task, per
+    bundle.
 
     Args:
         app_dir: the app folder (``apps/monailabel``).
@@ -69,7 +74,7 @@ class RDLabelApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="monai_rd",
-            description="Reprogramming Distillation students: classification scores and training on labelled images",
+            description="Reprogramming Distillation students: class scores and training on labelled images, label maps",
             version="1",
         )
 
@@ -83,11 +88,20 @@ class RDLabelApp(MONAILabelApp):
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
+    def _task(self, root: str) -> str:
+        return ServedStudent(root).task()
+
     def init_infers(self) -> dict[str, Any]:
-        return {name: RDClassifyInferTask(root, models) for name, (root, models) in self.bundles.items()}
+        tasks = {"classification": RDClassifyInferTask, "segmentation": RDSegmentInferTask}
+        return {name: tasks[self._task(root)](root, models) for name, (root, models) in self.bundles.items()}
 
     def init_trainers(self) -> dict[str, Any]:
-        return {name: RDTrainTask(root, models, self.conf) for name, (root, models) in self.bundles.items()}
+        # training from MONAI Label is built for class labels; segmentation models are served only
+        return {
+            name: RDTrainTask(root, models, self.conf)
+            for name, (root, models) in self.bundles.items()
+            if self._task(root) == "classification"
+        }
 
     def init_scoring_methods(self) -> dict[str, Any]:
         return {}  # MONAI Label's scorers compare masks

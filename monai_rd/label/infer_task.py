@@ -1,10 +1,11 @@
-"""MONAI Label classification inference with an RD bundle's deployed student.
+"""MONAI Label inference with an RD bundle's deployed student: the shared serving and the classification task.
 
 MONAI Label's stock ``monaibundle`` app treats every bundle as segmentation: its ``Restored`` post-transform
 expects a mask, so a class vector gives HTTP 500, and a checkpoint offered as a model choice is loaded
-non-strictly. :class:`RDClassifyInferTask` is a ``BasicInferTask`` of type ``classification`` that runs the
-bundle's own ``inference.json`` preprocessing, network and activation on one image and answers with every
-class's score and the predicted label.
+non-strictly. :class:`RDInferTask` serves ``model.pt`` only, strictly, through the bundle's own ``inference.json``
+preprocessing and network, and answers a request it cannot serve with an HTTP status and the reason.
+:class:`RDClassifyInferTask` is its ``classification`` task: every class's score and the predicted label. The
+segmentation task is :class:`monai_rd.label.segment_infer_task.RDSegmentInferTask`.
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monai_rd.errors import CheckpointMismatchError, DataCheckError, OptionError
 from monai_rd.label.served_model import ServedStudent, check_model_file
 
-__all__ = ["RDClassifyInferTask"]
+__all__ = ["RDClassifyInferTask", "RDInferTask"]
 
 
-class RDClassifyInferTask(BasicInferTask):
-    """Per-class scores and the label of one image from ``<model_dir>/model.pt``.
+class RDInferTask(BasicInferTask):
+    """A ``BasicInferTask`` over ``<model_dir>/model.pt`` of an RD bundle (reloaded when the file changes).
 
-    The reply's JSON (``params`` of ``POST /infer/<model>``) holds ``prediction`` (MONAI Label's classification
-    format: ``[{"idx", "label", "score"}]`` for every class), ``scores`` (class name -> score), ``label`` (the
-    predicted class; for a multi-label model the list of classes scoring at least 0.5), and ``activation``
-    (``softmax``, or ``sigmoid`` for multi-label).
+    Subclasses set :attr:`infer_type` and :attr:`answer` and may map the class names to MONAI Label's ``labels``
+    (:meth:`label_map`).
 
     Args:
         bundle_root: the RD bundle folder.
@@ -40,19 +39,24 @@ class RDClassifyInferTask(BasicInferTask):
         FileNotFoundError: the bundle has no ``configs/inference.json``.
     """
 
+    infer_type: str = InferType.CLASSIFICATION
+    answer: str = "per-class scores"
+
     def __init__(self, bundle_root: str, model_dir: str | None = None, description: str | None = None):
         self.student = ServedStudent(bundle_root, model_dir)
-        spec = self.student.spec() if self.student.exists() else None
-        labels = spec["class_names"] if spec else self.student.metadata_class_names()
         super().__init__(
             path=self.student.model_path,
             network=None,
-            type=InferType.CLASSIFICATION,
-            labels=labels,
-            dimension=spec["spatial_dims"] if spec else 2,
-            description=description or f"RD student of {os.path.basename(self.student.bundle_root)}: per-class scores",
+            type=self.infer_type,
+            labels=self.label_map(self.student.class_names()),
+            dimension=self.student.spatial_dims(),
+            description=description or f"RD student of {os.path.basename(self.student.bundle_root)}: {self.answer}",
             load_strict=True,
         )
+
+    def label_map(self, class_names: Sequence[str]) -> Any:
+        """MONAI Label's ``labels`` for the model's classes: the class names."""
+        return list(class_names)
 
     def is_valid(self) -> bool:
         """Listed even before a model is trained; a request then says what to do."""
@@ -67,7 +71,7 @@ class RDClassifyInferTask(BasicInferTask):
         # the server turns any other exception into a bare "Internal Server Error"; this keeps the reason
         return HTTPException(status_code=status, detail=f"{type(error).__name__}: {error}")
 
-    def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[str | None, dict[str, Any]]:
+    def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict[str, Any]]:
         """Run inference on ``request["image"]``; see ``BasicInferTask.__call__``.
 
         Raises:
@@ -90,12 +94,24 @@ class RDClassifyInferTask(BasicInferTask):
         device = data.get("device", "cpu") if data else "cpu"
         return self.student.load(device)["preprocessing"].transforms
 
+    def _get_network(self, device: str, data: dict[str, Any] | None) -> torch.nn.Module:
+        return self.student.load(device)["network"]
+
+
+class RDClassifyInferTask(RDInferTask):
+    """Per-class scores and the label of one image from ``<model_dir>/model.pt``.
+
+    The reply's JSON (``params`` of ``POST /infer/<model>``) holds ``prediction`` (MONAI Label's classification
+    format: ``[{"idx", "label", "score"}]`` for every class), ``scores`` (class name -> score), ``label`` (the
+    predicted class; for a multi-label model the list of classes scoring at least 0.5), and ``activation``
+    (``softmax``, or ``sigmoid`` for multi-label).
+
+    See :class:`RDInferTask` for the arguments.
+    """
+
     def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
         device = data.get("device", "cpu") if data else "cpu"
         return self.student.load(device)["postprocessing"].transforms
-
-    def _get_network(self, device: str, data: dict[str, Any] | None) -> torch.nn.Module:
-        return self.student.load(device)["network"]
 
     def writer(self, data: dict[str, Any], extension: Any = None, dtype: Any = None) -> tuple[None, dict[str, Any]]:
         """The scores of every class and the predicted label (no label file: a class is not a mask)."""

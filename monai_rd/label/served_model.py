@@ -88,14 +88,31 @@ class ServedStudent:
 
     def spec(self) -> dict[str, Any]:
         """The served model's ``model_meta.json``, checked against the bundle (see ``read_model_spec``)."""
-        return read_model_spec(self.model_dir, self.bundle_root)
+        return read_model_spec(self.model_dir, self.bundle_root, task=self.task())
 
-    def metadata_class_names(self) -> list[str]:
-        """The classes the bundle's ``metadata.json`` declares (used before any model is trained)."""
+    def _data_format(self) -> dict[str, Any]:
         with open(os.path.join(self.bundle_root, "configs", "metadata.json")) as f:
-            meta = json.load(f)
-        channels = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
+            return json.load(f).get("network_data_format", {})
+
+    def class_names(self) -> list[str]:
+        """The served model's classes (its ``model_meta.json``), or before any model is trained the bundle's
+        ``metadata.json`` ones."""
+        if self.exists():
+            return list(self.spec()["class_names"])
+        channels = self._data_format().get("outputs", {}).get("pred", {}).get("channel_def", {})
         return [channels[k] for k in sorted(channels, key=int)]
+
+    def spatial_dims(self) -> int:
+        """The served model's spatial dims, or before any model is trained those of the bundle's input."""
+        if self.exists():
+            return int(self.spec()["spatial_dims"])
+        return len(self._data_format().get("inputs", {}).get("image", {}).get("spatial_shape", [0, 0]))
+
+    def task(self) -> str:
+        """``"segmentation"`` when the bundle's ``metadata.json`` declares a segmentation output, else
+        ``"classification"``."""
+        is_seg = self._data_format().get("outputs", {}).get("pred", {}).get("format") == "segmentation"
+        return "segmentation" if is_seg else "classification"
 
     def load(self, device: str | torch.device = "cpu") -> dict[str, Any]:
         """The network (eval mode, on ``device``), preprocessing, postprocessing and spec of the served model.
@@ -104,7 +121,8 @@ class ServedStudent:
             device: where to run the network.
 
         Returns:
-            ``{"network", "preprocessing", "postprocessing", "spec"}``; the same objects until the files change.
+            ``{"network", "preprocessing", "postprocessing", "inferer", "spec"}`` (``inferer``: the config's, e.g.
+            a segmentation bundle's sliding window; None if it has none); the same objects until the files change.
 
         Raises:
             FileNotFoundError: no ``model.pt`` or ``model_meta.json`` in the served folder (nothing trained yet).
@@ -128,6 +146,7 @@ class ServedStudent:
             "network": network.to(device),
             "preprocessing": parser.get_parsed_content("preprocessing", instantiate=True),
             "postprocessing": parser.get_parsed_content("postprocessing", instantiate=True),
+            "inferer": parser.get_parsed_content("inferer", instantiate=True) if "inferer" in parser else None,
             "spec": spec,
         }
         self._loaded[str(device)] = (key, loaded)

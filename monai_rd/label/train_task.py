@@ -85,7 +85,7 @@ class RDTrainTask(BundleTrainTask):
 
     def class_names(self) -> list[str]:
         """The served model's classes, else those the bundle declares (``metadata.json``)."""
-        return list(self.student.spec()["class_names"]) if self.student.exists() else self.student.metadata_class_names()
+        return self.student.class_names()
 
     def _fetch_datalist(self, request: dict[str, Any], datastore: Datastore) -> list[dict[str, Any]]:
         return labelled_datalist(datastore, self.class_names(), tag=request.get("label_tag", "final"))

@@ -167,7 +167,7 @@ def test_a_multi_label_bundle_answers_sigmoid_scores_and_every_class_above_one_h
     assert result["label"] == [c for c, s in zip(CHESTXRAY14_FINDINGS, got.tolist()) if s >= 0.5]
 
 
-def test_the_2d_classification_bundles_declare_the_monailabel_version_they_are_tested_with():
+def test_the_served_bundles_declare_the_monailabel_version_they_are_tested_with():
     """metadata.json's supported_apps, setup.py's label pin and the installed monailabel are the same version."""
     import re
 
@@ -183,9 +183,10 @@ def test_the_2d_classification_bundles_declare_the_monailabel_version_they_are_t
         recipe = json.load(open(overrides)).get("recipe", "classification") if os.path.isfile(overrides) else None
         spatial = meta["network_data_format"]["inputs"]["image"]["spatial_shape"]
         declared[name] = meta["supported_apps"].get("monailabel")
-        # what the app serves and its tests cover: 2D classification (segmentation and 3D bundles are not served)
-        expected[name] = pinned if recipe == "classification" and len(spatial) == 2 else None
-    assert declared == expected and sum(v is not None for v in declared.values()) >= 7
+        # what the app serves and its tests cover: 2D classification and segmentation (3D classification is not)
+        served = recipe == "segmentation" or (recipe == "classification" and len(spatial) == 2)
+        expected[name] = pinned if served else None
+    assert declared == expected and sum(v is not None for v in declared.values()) >= 10
 
 
 def test_the_own_data_bundle_is_served_with_its_own_classes_and_dicom_reading(tmp_path):
