@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from monai.bundle import ConfigParser
+from monai.inferers import SlidingWindowInferer
 from monai.transforms import ResizeWithPadOrCrop
 from monai.utils import convert_to_tensor
 from monai_rd.errors import CheckpointMismatchError, DataCheckError, MonaiRDError, OptionError
@@ -134,10 +135,8 @@ def preprocess_images(
             f"{reason} The export is checked on real images: pass --images <folder of a few images>."
         ) from e
     transform = parser.get_parsed_content("preprocessing")
-    inferer = parser.get("inferer") or {}
-    window = None
-    if crop_to_window and isinstance(inferer, Mapping) and str(inferer.get("_target_", "")).endswith("SlidingWindowInferer"):
-        window = ResizeWithPadOrCrop(parser.get_parsed_content("inferer#roi_size"))
+    inferer = parser.get_parsed_content("inferer") if crop_to_window and "inferer" in parser else None
+    window = ResizeWithPadOrCrop(inferer.roi_size) if isinstance(inferer, SlidingWindowInferer) else None
     tensors = []
     for it in items:
         image = transform(dict(it))["image"]
