@@ -265,7 +265,9 @@ def derive_task(
         axis: slicing axis of the patch plane.
         patch: patch side.
         rgb_offset: 0: gray patches; d > 0: RGB patches of the slices s - d, s, s + d.
-        per_class: images per class of each split (default 30 / 10 / 100).
+        per_class: images per class of each split (default 30 / 10 / 100), and ``unlabelled``: further training-block
+            patches per class listed without their label under ``unlabelled`` (default 0). They follow the training
+            images in the same random order, so the labelled images, validation and test do not depend on it.
         block: slices per split block (default ``2 * (rgb_offset + 1) + 4``: two sampled slices per block).
         slice_step: sample every this many slices.
         grid_step: in-plane stride of candidate centres.
@@ -284,7 +286,7 @@ def derive_task(
 
     if image.shape != atlas.shape:
         raise ValueError(f"image {image.shape} and atlas {atlas.shape} must share one grid.")
-    per_class = {"training": 30, "validation": 10, "test": 100, **(per_class or {})}
+    per_class = {"training": 30, "validation": 10, "test": 100, "unlabelled": 0, **(per_class or {})}
     rng = np.random.default_rng(seed)
     half = patch // 2
     value_to_class = {v: i for i, vals in enumerate(classes.values()) for v in vals}
@@ -308,11 +310,12 @@ def derive_task(
     names = list(classes)
     if per_class["training"] < min_train:
         raise ValueError(f"{per_class['training']} training images per class is below the minimum of {min_train}.")
+    wanted = {**per_class, "training": per_class["training"] + per_class["unlabelled"]}
     short = [
-        f"{names[k]} ({split}: {len(cands[split][k])} < {per_class[split]})"
+        f"{names[k]} ({split}: {len(cands[split][k])} < {wanted[split]})"
         for split in SPLITS
         for k in range(len(names))
-        if len(cands[split][k]) < per_class[split]
+        if len(cands[split][k]) < wanted[split]
     ]
     if short:
         raise ValueError(
@@ -321,32 +324,48 @@ def derive_task(
         )
     datalist: dict = {"classes": names, "dataset_dir": ".", **(meta or {})}
     counts: dict[str, dict[str, int]] = {}
+    unlabelled: list[dict] = []
     for split in SPLITS:
         items = []
         for k, name in enumerate(names):
             pool = cands[split][k]
-            pick = rng.permutation(len(pool))[: per_class[split]]
+            order = rng.permutation(len(pool))
+            pick = order[: per_class[split]]
+            extra = order[per_class[split] : per_class[split] + per_class["unlabelled"]] if split == "training" else []
             os.makedirs(os.path.join(out_dir, name), exist_ok=True)
-            for i in sorted(pick):
+            for i in [*sorted(pick), *sorted(extra)]:
                 s, r, c = pool[i]
                 planes = [s - rgb_offset, s, s + rgb_offset] if rgb_offset else [s]
                 tiles = [_plane(image, axis, p)[r - half : r + half, c - half : c + half] for p in planes]
                 # rows = the second in-plane axis, flipped, as the demo shows its axial patches
                 tiles = [np.rot90(t) for t in tiles]
                 arr = np.ascontiguousarray(np.stack(tiles, -1) if rgb_offset else tiles[0])
-                rel = os.path.join(name, f"ch2_a{axis}_s{s:03d}_r{r:03d}_c{c:03d}.png")
+                file = f"ch2_a{axis}_s{s:03d}_r{r:03d}_c{c:03d}.png"
+                rel = os.path.join(name, file) if i in pick else os.path.join("unlabelled", file)  # no class in it
+                os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
                 Image.fromarray(arr).save(os.path.join(out_dir, rel), optimize=True)
-                items.append({"image": rel, "label": k})
+                (items if i in pick else unlabelled).append({"image": rel, "label": k} if i in pick else {"image": rel})
             counts.setdefault(split, {})[name] = len(pick)
         datalist[split] = items
+    if per_class["unlabelled"]:
+        datalist["unlabelled"] = unlabelled
     datalist["counts"] = counts
     with open(os.path.join(out_dir, "datalist.json"), "w") as f:
         json.dump(datalist, f, indent=1)
     return datalist
 
 
-def make_task(task: Task, out: str, mricron_dir: str = MRICRON_DIR, train_per_class: int = 30, seed: int = 0) -> dict:
-    """Build one task of :data:`TASKS` under ``out/<task.name>`` and check it; returns its datalist."""
+def make_task(
+    task: Task,
+    out: str,
+    mricron_dir: str = MRICRON_DIR,
+    train_per_class: int = 30,
+    seed: int = 0,
+    unlabelled_per_class: int = 0,
+) -> dict:
+    """Build one task of :data:`TASKS` under ``out/<task.name>`` and check it; returns its datalist.
+
+    ``unlabelled_per_class`` > 0 adds that many unlabelled training-block patches per class (``derive_task``)."""
     import nibabel as nib
 
     from monai_rd.data import check_datalist
@@ -356,7 +375,8 @@ def make_task(task: Task, out: str, mricron_dir: str = MRICRON_DIR, train_per_cl
     atlas = load_on_grid(os.path.join(mricron_dir, task.atlas), ref)
     classes = task.classes(mricron_dir)
     folder = os.path.join(out, task.name)
-    per_class = {"training": train_per_class, "validation": 10, "test": task.test_per_class}
+    per_class = {"training": train_per_class, "validation": 10, "test": task.test_per_class,
+                 "unlabelled": unlabelled_per_class}
     meta = {"task": task.name, "summary": task.summary, "image_size": task.patch, "in_channels": task.in_channels,
             "seed": seed, "source": f"mricron-data: ch2.nii.gz + {task.atlas}"}
     datalist = derive_task(image, atlas, classes, folder, task.axis, task.patch, task.rgb_offset, per_class,
@@ -364,7 +384,8 @@ def make_task(task: Task, out: str, mricron_dir: str = MRICRON_DIR, train_per_cl
     n_test = len(datalist["test"])
     if n_test < 500:
         raise ValueError(f"{task.name}: only {n_test} test images; raise test_per_class.")
-    check_datalist(os.path.join(folder, "datalist.json"), datalist["classes"], base_dir=folder)
+    check_datalist(os.path.join(folder, "datalist.json"), datalist["classes"], base_dir=folder,
+                   unlabelled_splits=["unlabelled"] if unlabelled_per_class else [])
     return datalist
 
 
@@ -374,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="tasks to build (default: all)")
     p.add_argument("--mricron_dir", default=MRICRON_DIR, help="folder with ch2.nii.gz and the atlases")
     p.add_argument("--train_per_class", type=int, default=30, help="training images per class (20-50)")
+    p.add_argument("--unlabelled_per_class", type=int, default=0,
+                   help="unlabelled training-block patches per class, listed under 'unlabelled' (RD and KD train on "
+                        "them; the labelled images, validation and test stay the same)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if not os.path.isfile(os.path.join(a.mricron_dir, "ch2.nii.gz")):
@@ -381,8 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     for name in a.tasks:
-        d = make_task(TASKS[name], a.out, a.mricron_dir, a.train_per_class, a.seed)
+        d = make_task(TASKS[name], a.out, a.mricron_dir, a.train_per_class, a.seed, a.unlabelled_per_class)
         print(f"{name}: " + ", ".join(f"{s} {sum(d['counts'][s].values())}" for s in SPLITS)
+              + (f", unlabelled {len(d['unlabelled'])}" if "unlabelled" in d else "")
               + f"; per class {d['counts']}")
     return 0
 

@@ -25,8 +25,13 @@ from monai_rd.data.pil_modes import convert_to_displayed_mode
 from monai_rd.data.checks import check_datalist, check_writable, default_image_loader
 from monai_rd.data.datalist import load_json, read_groups_csv
 from monai_rd.data.dicom_reader import DicomDisplayReader, parse_window
+from monai_rd.data.unlabelled import UNLABELLED, UNLABELLED_SPLIT, training_items, unlabelled_splits
 
 __all__ = [
+    "UNLABELLED",
+    "UNLABELLED_SPLIT",
+    "training_items",
+    "unlabelled_splits",
     "CachedTeacherFeaturesd",
     "RandCachedTeacherFeaturesd",
     "TeacherFeatureCache",

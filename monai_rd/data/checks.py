@@ -172,6 +172,7 @@ def check_datalist(
     class_names: Sequence[str],
     multi_label: bool = False,
     splits: Sequence[str] = SPLITS,
+    unlabelled_splits: Sequence[str] = (),
     check_duplicates: bool = True,
     channels: Sequence[int] | None = (1, 3),
     spatial_dims: int | None = None,
@@ -199,6 +200,9 @@ def check_datalist(
         class_names: the classes, in label order; ``C = len(class_names)``.
         multi_label: labels are multi-hot vectors (True) or class indices (False).
         splits: the splits that must be present (a non-empty list each) and are checked.
+        unlabelled_splits: further splits of images without labels (``unlabelled``, see
+            :mod:`monai_rd.data.unlabelled`), checked the same way except that an item must have no label; their
+            images count in the duplicate check, so an unlabelled image that is also a test image is refused.
         check_duplicates: check for the same image in two splits.
         channels: channel counts the pipeline takes after loading; None skips the check.
         spatial_dims: number of spatial dimensions the pipeline takes (2 for slices); None skips the check.
@@ -220,7 +224,8 @@ def check_datalist(
         DataCheckError: listing every problem (up to ``max_reported``, with the total), each with its split, index,
             path, what is wrong and what to do.
     """
-    class_names, splits = list(class_names), list(splits)
+    class_names, labelled = list(class_names), list(splits)
+    splits = labelled + [s for s in unlabelled_splits if s not in labelled]
     if not class_names:
         raise DataCheckError("class_names is empty; pass the class names in label order.")
     source = "the datalist"
@@ -233,7 +238,7 @@ def check_datalist(
             f"{source} must be a dict of splits {list(splits)}, each a list of {{{image_key!r}: path, "
             f"{label_key!r}: label}} items; got a {type(datalist).__name__}."
         )
-    found, entries = _entries(datalist, splits, source, image_key, label_key, base_dir)
+    found, entries = _entries(datalist, splits, source, image_key, label_key, base_dir, set(splits) - set(labelled))
     loader = loader if loader is not None else default_image_loader()
     files = sorted({e.norm for e in entries})
 
@@ -262,8 +267,8 @@ def check_datalist(
 
     summary = {
         "num_items": {s: len(datalist[s]) for s in splits},
-        "class_counts": {s: {c: counts[s][k] for k, c in enumerate(class_names)} for s in splits},
-        "absent_classes": {s: [c for k, c in enumerate(class_names) if not counts[s][k]] for s in splits},
+        "class_counts": {s: {c: counts[s][k] for k, c in enumerate(class_names)} for s in labelled},
+        "absent_classes": {s: [c for k, c in enumerate(class_names) if not counts[s][k]] for s in labelled},
         "num_files": len(files),
         "within_split_duplicates": within,
     }
@@ -277,9 +282,16 @@ def check_datalist(
 
 
 def _entries(
-    datalist: Mapping, splits: Sequence[str], source: str, image_key: str, label_key: str, base_dir: str | None
+    datalist: Mapping,
+    splits: Sequence[str],
+    source: str,
+    image_key: str,
+    label_key: str,
+    base_dir: str | None,
+    unlabelled: set[str],
 ) -> tuple[_Found, list[_Entry]]:
-    """The datalist's structural problems, and its items with resolved paths."""
+    """The datalist's structural problems, and its items with resolved paths (``unlabelled``: splits whose items
+    must have no label)."""
     found: _Found = []
     entries: list[_Entry] = []
     for pos, split in enumerate(splits):
@@ -311,7 +323,11 @@ def _entries(
             path = os.path.abspath(os.path.join(base_dir, path) if base_dir else path)
             norm = os.path.normcase(os.path.realpath(path))
             entry = _Entry(pos, i, split, path, norm, item.get(label_key, _NO_LABEL))
-            if entry.label is _NO_LABEL:
+            if split in unlabelled and entry.label is not _NO_LABEL:
+                what = f"an unlabelled image has a {label_key!r}: move it to 'training', or drop the label"
+                found.append(((pos, i), f"{entry.where}: {what}"))
+                entry.label = _NO_LABEL
+            elif entry.label is _NO_LABEL and split not in unlabelled:
                 found.append(((pos, i), f"{entry.where}: the item has no {label_key!r}: add its label, or remove it"))
             entries.append(entry)
     return found, entries

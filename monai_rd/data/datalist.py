@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_rd.data.unlabelled import UNLABELLED_SPLIT
 from monai_rd.errors import DataCheckError, OptionError
 
 __all__ = [
@@ -108,7 +109,7 @@ def load_saved_datalist(datalist_json: str, dataset_dir: str, **expected) -> dic
         expected: fields that must equal the recorded ones (e.g. ``classes=[...]``, ``seed=0``).
 
     Returns:
-        The splits with absolute image paths.
+        The splits with absolute image paths, and the ``unlabelled`` list when the file has one.
 
     Raises:
         DataCheckError: the file is not valid JSON or not a saved datalist, a recorded field differs from
@@ -140,9 +141,18 @@ def load_saved_datalist(datalist_json: str, dataset_dir: str, **expected) -> dic
             bad = f"item {no_path[0]} has no 'image' path" if no_path else None
         if bad:
             raise DataCheckError(f"{datalist_json}: split {s!r} {bad}; delete it to re-split.")
+    # an optional list of images without labels (monai_rd.data.unlabelled), checked like a split
+    splits = [*SPLITS, *([UNLABELLED_SPLIT] if UNLABELLED_SPLIT in saved else [])]
+    if UNLABELLED_SPLIT in saved and (
+        not isinstance(saved[UNLABELLED_SPLIT], list)
+        or not all(isinstance(it, dict) and isinstance(it.get("image"), str) for it in saved[UNLABELLED_SPLIT])
+    ):
+        raise DataCheckError(
+            f"{datalist_json}: {UNLABELLED_SPLIT!r} must be a list of {{'image': path}} items; fix or remove it."
+        )
     root = os.path.abspath(dataset_dir)
-    out = {s: [{**it, "image": os.path.join(root, it["image"])} for it in saved[s]] for s in SPLITS}
-    missing = [it["image"] for s in SPLITS for it in out[s] if not os.path.isfile(it["image"])]
+    out = {s: [{**it, "image": os.path.join(root, it["image"])} for it in saved[s]] for s in splits}
+    missing = [it["image"] for s in splits for it in out[s] if not os.path.isfile(it["image"])]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} images listed in {datalist_json} are missing, first: {missing[0]}; restore them, or "

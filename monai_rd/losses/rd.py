@@ -58,14 +58,17 @@ class RDLoss(_Loss):
         self.cka = CKALoss(kernel=cka_kernel, estimator=cka_estimator)
 
     def supervised(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Task loss of one branch.
+        """Task loss of one branch, over the labelled rows of the batch.
+
+        Rows labelled ``monai_rd.data.unlabelled.UNLABELLED`` (-1; multi-label: every value -1) are left out; the
+        distillation terms still see them.
 
         Args:
             logits: (B, C).
             target: class indices (B,) or (B, 1); multi-hot (B, C) when ``multi_label``.
 
         Returns:
-            Scalar tensor.
+            Scalar tensor, the mean over the labelled rows (0, still attached to ``logits``, when there is none).
 
         Raises:
             ValueError: the target shape does not fit the logits.
@@ -76,14 +79,22 @@ class RDLoss(_Loss):
                     f"multi-label targets must be multi-hot with the logits' shape {tuple(logits.shape)}, "
                     f"got {tuple(target.shape)}."
                 )
+            keep = ~(target < 0).all(dim=1)
+        else:
+            if target.ndim == 2 and target.shape[1] == 1:
+                target = target[:, 0]
+            if target.ndim != 1 or target.shape[0] != logits.shape[0]:
+                raise ValueError(
+                    f"targets must be class indices of shape (B,) with B={logits.shape[0]}, got "
+                    f"{tuple(target.shape)}; set multi_label=True for multi-hot targets."
+                )
+            keep = target >= 0
+        if not bool(keep.all()):  # unlabelled images (label UNLABELLED): distillation terms only
+            if not bool(keep.any()):
+                return logits.float().sum() * 0.0  # a batch of unlabelled images only: no supervised signal
+            logits, target = logits[keep], target[keep]
+        if self.multi_label:
             return F.binary_cross_entropy_with_logits(logits.float(), target.float())
-        if target.ndim == 2 and target.shape[1] == 1:
-            target = target[:, 0]
-        if target.ndim != 1 or target.shape[0] != logits.shape[0]:
-            raise ValueError(
-                f"targets must be class indices of shape (B,) with B={logits.shape[0]}, got {tuple(target.shape)}; "
-                "set multi_label=True for multi-hot targets."
-            )
         return F.cross_entropy(logits.float(), target.long(), label_smoothing=self.label_smoothing)
 
     def forward(  # type: ignore[override]

@@ -86,3 +86,25 @@ def test_label_tables_group_left_and_right(tmp_path):
     assert mt._by_name(str(table), {"frontal_sup": r"Frontal_Sup_[LR]"}) == {"frontal_sup": (1, 2)}
     with pytest.raises(ValueError, match="no label matches"):
         mt._by_name(str(table), {"x": r"Nothing"})
+
+
+def test_unlabelled_patches_come_from_training_blocks_and_leave_the_labelled_splits_unchanged(tmp_path):
+    """Catches unlabelled patches that change the labelled task (another random draw), that come from a
+    validation or test slice, that repeat a training patch, or that carry a label or a class folder."""
+    image, atlas = _volume()
+    kw = dict(axis=2, patch=8, grid_step=2, min_train=3)
+    per_class = {"training": 3, "validation": 2, "test": 4}
+    plain = mt.derive_task(image, atlas, {"a": (7,), "b": (3, 4)}, str(tmp_path / "plain"), per_class=per_class, **kw)
+    d = mt.derive_task(image, atlas, {"a": (7,), "b": (3, 4)}, str(tmp_path / "u"),
+                       per_class={**per_class, "unlabelled": 5}, **kw)
+    assert "unlabelled" not in plain and all(d[s] == plain[s] for s in mt.SPLITS)
+    assert len(d["unlabelled"]) == 10 and all(set(it) == {"image"} for it in d["unlabelled"])
+    assert all(it["image"].startswith("unlabelled/") for it in d["unlabelled"])
+    names = {it["image"].split("/")[-1] for it in d["training"]}
+    assert not names & {it["image"].split("/")[-1] for it in d["unlabelled"]}
+    held_out = set(_slices(d, "validation")) | set(_slices(d, "test"))
+    assert not held_out & set(_slices(d, "unlabelled"))
+    split_of = mt.block_split(image.shape[2], block=6, margin=1)  # derive_task's default blocks for gray patches
+    assert {split_of[s] for s in _slices(d, "unlabelled")} == {"training"}
+    check_datalist(str(tmp_path / "u" / "datalist.json"), d["classes"], base_dir=str(tmp_path / "u"),
+                   unlabelled_splits=["unlabelled"])

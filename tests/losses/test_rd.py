@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from monai_rd.data.unlabelled import UNLABELLED
 from monai_rd.losses import CKALoss, DistillKLLoss, RDLoss
 
 
@@ -81,3 +82,34 @@ def test_bad_targets_name_shapes():
         RDLoss()(torch.randn(4, 3), torch.zeros(4, 3))
     with pytest.raises(ValueError, match="multi-hot"):
         RDLoss(multi_label=True)(torch.randn(4, 3), torch.zeros(4))
+
+
+def test_unlabelled_rows_leave_the_supervised_terms_but_stay_in_kd_and_cka():
+    """Catches label -1 crashing CE or counted as a class, and unlabelled images dropped from the distillation."""
+    ls, y, lt, zs, zt = _inputs()
+    y[[1, 4, 6]] = UNLABELLED
+    keep = y >= 0
+    out = RDLoss(tau=2.0)(ls, y, lt, zs, zt)
+    assert out["ce_student"].item() == pytest.approx(F.cross_entropy(ls[keep], y[keep]).item(), rel=1e-6)
+    assert out["ce_teacher"].item() == pytest.approx(F.cross_entropy(lt[keep], y[keep]).item(), rel=1e-6)
+    assert out["kd"].item() == pytest.approx(DistillKLLoss(tau=2.0)(ls, lt).item(), rel=1e-6)  # every row
+    assert out["cka"].item() == pytest.approx(CKALoss()(zt, zs).item(), rel=1e-6)
+
+
+def test_a_batch_of_unlabelled_images_only_trains_the_student_by_distillation():
+    ls, _, lt, zs, zt = _inputs()
+    ls.requires_grad_(True)
+    y = torch.full((ls.shape[0],), UNLABELLED)
+    out = RDLoss()(ls, y, lt, zs, zt)
+    assert out["ce_student"].item() == 0.0 and out["ce_teacher"].item() == 0.0
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and ls.grad.abs().sum() > 0  # the KD term still reaches the student
+
+
+def test_multi_label_unlabelled_rows_are_all_minus_one():
+    g = torch.Generator().manual_seed(0)
+    ls, lt = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    y = torch.tensor([[1.0, 0, 1], [-1, -1, -1], [0, 1, 0], [-1, -1, -1]])
+    out = RDLoss(multi_label=True)(ls, y, lt)
+    expected = F.binary_cross_entropy_with_logits(ls[[0, 2]], y[[0, 2]])
+    assert out["ce_student"].item() == pytest.approx(expected.item(), rel=1e-6)
