@@ -12,6 +12,7 @@ pytest.importorskip("monailabel", reason='needs the label extra: pip install -e 
 from monailabel.datastore.local import LocalDatastore  # noqa: E402
 
 from monai_rd.bundle import model_spec, write_model_spec  # noqa: E402
+from monai_rd.data import training_items  # noqa: E402
 from monai_rd.errors import CheckpointMismatchError, DataCheckError, OptionError  # noqa: E402
 from monai_rd.label import (  # noqa: E402
     IMAGE_PATTERNS,
@@ -134,9 +135,11 @@ def test_the_train_task_sets_the_rd_recipe_options(datastore, tmp_path):
     assert overrides["batch_size"] == len(train) < 32  # the bundle's 32 fitted to the labelled images
     assert overrides["epochs"] == 2 and overrides["class_names"] == CLASSES and overrides["image_size"] == 32
     assert overrides["ckpt_dir"] == os.path.join(task._run_dir, "models")
-    # the recipe builds the teacher cache from the datalist's training split: exactly the labelled images above
+    # the recipe builds the teacher cache from its training items: the datalist's training split, plus unlabelled
+    # images only when the datalist lists them (MONAI Label's does not), so exactly the labelled images above
     initialize = json.load(open(os.path.join(BUNDLE, "configs", "train.json")))["initialize"]
-    assert any("build_cache_once(@feature_cache, @datalist['training'])" in step for step in initialize)
+    assert any("build_cache_once(@feature_cache, @train#items)" in step for step in initialize)
+    assert training_items(overrides["datalist"], use=True, num_classes=len(CLASSES)) == train
     with pytest.raises(DataCheckError, match="needs at least 3"):
         task._partition_datalist(train[:2], request)
     with pytest.raises(CheckpointMismatchError):
