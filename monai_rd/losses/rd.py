@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
+from monai_rd.data.unlabelled import UNLABELLED
 from monai_rd.losses.cka import CKALoss
 from monai_rd.losses.distill_kl import DistillKLLoss
 
@@ -60,7 +61,7 @@ class RDLoss(_Loss):
     def supervised(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Task loss of one branch, over the labelled rows of the batch.
 
-        Rows labelled ``monai_rd.data.unlabelled.UNLABELLED`` (-1; multi-label: every value -1) are left out; the
+        Rows labelled ``monai_rd.data.unlabelled.UNLABELLED`` (-1; multi-label: values -1) are left out; the
         distillation terms still see them.
 
         Args:
@@ -79,23 +80,25 @@ class RDLoss(_Loss):
                     f"multi-label targets must be multi-hot with the logits' shape {tuple(logits.shape)}, "
                     f"got {tuple(target.shape)}."
                 )
-            keep = ~(target < 0).all(dim=1)
-        else:
-            if target.ndim == 2 and target.shape[1] == 1:
-                target = target[:, 0]
-            if target.ndim != 1 or target.shape[0] != logits.shape[0]:
-                raise ValueError(
-                    f"targets must be class indices of shape (B,) with B={logits.shape[0]}, got "
-                    f"{tuple(target.shape)}; set multi_label=True for multi-hot targets."
-                )
-            keep = target >= 0
-        if not bool(keep.all()):  # unlabelled images (label UNLABELLED): distillation terms only
-            if not bool(keep.any()):
-                return logits.float().sum() * 0.0  # a batch of unlabelled images only: no supervised signal
-            logits, target = logits[keep], target[keep]
-        if self.multi_label:
-            return F.binary_cross_entropy_with_logits(logits.float(), target.float())
-        return F.cross_entropy(logits.float(), target.long(), label_smoothing=self.label_smoothing)
+            # unlabelled values (UNLABELLED, -1) weigh 0; sum / count, so no host sync and 0 for a batch without labels
+            known = (target >= 0).float()
+            bce = F.binary_cross_entropy_with_logits(
+                logits.float(), target.float().clamp_min(0), weight=known, reduction="sum"
+            )
+            return bce / known.sum().clamp_min(1)
+        if target.ndim == 2 and target.shape[1] == 1:
+            target = target[:, 0]
+        if target.ndim != 1 or target.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"targets must be class indices of shape (B,) with B={logits.shape[0]}, got {tuple(target.shape)}; "
+                "set multi_label=True for multi-hot targets."
+            )
+        target = target.long()
+        # torch's ignore_index leaves unlabelled rows out; sum / count rather than a host-side check, so the finite
+        # check stays the step's one sync and a batch of unlabelled images only gives 0 (mean would give 0/0)
+        ce = F.cross_entropy(logits.float(), target, ignore_index=UNLABELLED, label_smoothing=self.label_smoothing,
+                             reduction="sum")
+        return ce / (target != UNLABELLED).sum().clamp_min(1)
 
     def forward(  # type: ignore[override]
         self,
