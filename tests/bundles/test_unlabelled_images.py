@@ -75,3 +75,29 @@ def test_an_unlabelled_image_that_is_a_test_image_stops_the_run_before_training(
     found = find_rd_error(err.value)
     assert isinstance(found, DataCheckError) and "unlabelled[6]" in str(found) and "test" in str(found)
     assert not os.path.exists(tmp_path / "leak" / "models" / "model.pt")
+
+
+@pytest.mark.parametrize("method, options, expected_end", [
+    ("rd", {}, (1.0, 1.0)),                                        # unlabelled images: α, β held at 1
+    ("rd", {"unlabelled": "false"}, (0.0, 0.0)),                   # not trained on: decay as before
+    ("rd", {"alpha_end": "0.5", "beta_end": "0"}, (0.5, 0.0)),     # set values win, as the CLI gives them
+    ("kd", {}, (0.0, 1.0)),                                        # KD: α fixed at 0, its KD weight held
+])
+def test_the_schedule_holds_alpha_beta_when_unlabelled_images_are_trained_on(tmp_path, method, options, expected_end):
+    """Catches the loss weights decaying to 0 (so the unlabelled images stop counting by the end of the run) under
+    the default, or the new default overriding a value the user set or a method's fixed alpha."""
+    _datalist(tmp_path)
+    parser = monai.bundle.ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({"bundle_root": BUNDLE, "datalist_json": str(tmp_path / "datalist.json"), "epochs": "1",
+                   "batch_size": "4", "method": method, "ckpt_dir": str(tmp_path / "m"),
+                   "output_dir": str(tmp_path / "e"), **options})
+    loss = parser.get_parsed_content("loss")
+    raw = parser["train"]["handlers"]  # only the two schedule handlers are built: no teacher, no cache
+    schedules = [parser.get_parsed_content(f"train#handlers#{i}") for i, h in enumerate(raw)
+                 if isinstance(h, dict) and h.get("_target_") == "ParamSchedulerHandler"]
+    total = parser.get_parsed_content("train#epoch_length")
+    state = type("State", (), {"iteration": total, "epoch": 1})()
+    for schedule in schedules:
+        schedule(type("Engine", (), {"state": state})())
+    assert len(schedules) == 2 and (loss.alpha, loss.beta) == pytest.approx(expected_end)

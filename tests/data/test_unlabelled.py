@@ -8,7 +8,8 @@ from PIL import Image
 
 from monai_rd.data import UNLABELLED, check_datalist, training_items, unlabelled_splits
 from monai_rd.data.datalist import load_saved_datalist
-from monai_rd.errors import DataCheckError
+from monai_rd.data.unlabelled import loss_weight_end
+from monai_rd.errors import DataCheckError, OptionError
 
 CLASSES = ["a", "b"]
 
@@ -82,3 +83,25 @@ def test_a_saved_datalist_keeps_its_unlabelled_list_with_absolute_paths(tmp_path
     path.write_text(json.dumps(saved))
     with pytest.raises(DataCheckError, match="'unlabelled' must be a list of"):
         load_saved_datalist(str(path), str(root), classes=CLASSES)
+
+
+@pytest.mark.parametrize("value, has_unlabelled, use, expected", [
+    (None, True, True, 1.0),    # unset, unlabelled images trained on: held at 1
+    ("null", True, True, 1.0),  # unset as the command line gives it
+    (None, False, True, 0.0),   # no unlabelled list: decays to 0 as before
+    (None, True, False, 0.0),   # --unlabelled false (or no teacher): as before
+    ("0", True, True, 0.0),     # a set value wins, as text
+    (0.25, False, True, 0.25),
+])
+def test_loss_weight_end_holds_the_schedule_only_when_unlabelled_images_are_trained_on(
+        value, has_unlabelled, use, expected):
+    """Catches the default holding α/β without unlabelled images (changing every run without them), ignoring a
+    set value, or reading "0" as unset."""
+    datalist = {"training": [], "unlabelled": [{"image": "u.png"}]} if has_unlabelled else {"training": []}
+    assert loss_weight_end(value, "beta_end", datalist, use) == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "flase", float("nan")])
+def test_loss_weight_end_refuses_a_bad_value_by_name(value):
+    with pytest.raises(OptionError, match="--alpha_end"):
+        loss_weight_end(value, "alpha_end", {"training": []}, True)
