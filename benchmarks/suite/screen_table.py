@@ -102,7 +102,7 @@ def _cell(values: Sequence[float], n_seeds: int) -> str:
     text = f"{statistics.fmean(values):.3f}"
     if len(values) > 1:
         text += f" ± {statistics.stdev(values):.3f}"
-    return text + ("" if len(values) == n_seeds else f" ({len(values)} seeds)")
+    return text + ("" if len(values) == n_seeds else f" ({len(values)} seed{'s' if len(values) > 1 else ''})")
 
 
 def screen_table(
