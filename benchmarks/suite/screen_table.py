@@ -165,7 +165,9 @@ def plot(results: str, variants: list[str], seeds: Sequence[int], path: str, tas
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:  # run_suite.py is a script beside this one, not a package module
+        sys.path.insert(0, here)
     from run_suite import wilson_interval
 
     fig, ax = plt.subplots(figsize=(max(7.0, 0.45 * len(tasks) * len(variants)), 4))

@@ -122,9 +122,11 @@ def as_optional_int(value: Any, name: str, min_value: int | None = None) -> int 
     return None if _is_none(value) else as_int(value, name, min_value)
 
 
-def as_optional_float(value: Any, name: str, positive: bool = False) -> float | None:
+def as_optional_float(
+    value: Any, name: str, positive: bool = False, min_value: float | None = None
+) -> float | None:
     """Like :func:`as_float`, but ``None``, ``null`` and ``none`` mean "not set" and give None."""
-    return None if _is_none(value) else as_float(value, name, positive=positive)
+    return None if _is_none(value) else as_float(value, name, min_value=min_value, positive=positive)
 
 
 def _as_list(value: Any, name: str, length: int | None, example: str) -> list:

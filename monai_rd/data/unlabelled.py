@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monai_rd.bundle.options import as_float, as_optional_float
+from monai_rd.bundle.options import as_optional_float
 
 UNLABELLED_SPLIT = "unlabelled"
 UNLABELLED = -1
@@ -86,7 +86,7 @@ def loss_weight_end(value: Any, name: str, datalist: Mapping[str, Sequence[Mappi
     Raises:
         OptionError: a set value that is not a finite number >= 0.
     """
-    given = as_optional_float(value, name)
+    given = as_optional_float(value, name, min_value=0.0)
     if given is not None:
-        return as_float(given, name, min_value=0.0)
+        return given
     return 1.0 if unlabelled_splits(datalist, use) else 0.0
