@@ -11,6 +11,7 @@ handlers that write files or logs on rank 0 only.
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -105,8 +106,13 @@ def init_process_group(timeout_s: float = 1800.0, backend: str | None = None) ->
 
 
 def shutdown() -> None:
-    """Leave the process group (every rank waits for the others first); nothing without one."""
+    """Leave the process group (every rank waits for the others first); nothing without one.
+
+    Unreferenced DDP wrappers (see :meth:`monai_rd.engines.RDTrainer.run`) are collected first: one still holding
+    the group at interpreter exit can make gloo abort the process after a finished run.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 

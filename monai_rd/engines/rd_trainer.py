@@ -210,9 +210,26 @@ class RDTrainer(SupervisedTrainer):
             self.add_event_handler(Events.EPOCH_STARTED, self._direct_reprogramming)
         # one module for the whole trainable forward pass, so DDP sees one forward and one backward per step
         # (see monai_rd.engines.data_parallel); built after direct reprogramming froze Phi and the head
-        parts = TrainableParts(self.trainable_forward, network=network, reprogrammer=self.reprogrammer,
-                               feature_loss=self.feature_loss)
-        self.trainable_step = parallel(parts) if parallel is not None else parts
+        self._trainable_parts = TrainableParts(
+            self.trainable_forward, network=network, reprogrammer=self.reprogrammer, feature_loss=self.feature_loss
+        )
+        self._parallel = parallel
+        self.trainable_step = parallel(self._trainable_parts) if parallel is not None else self._trainable_parts
+
+    def run(self) -> None:  # type: ignore[override]
+        """Train; the ``parallel`` wrapper (DDP) exists for the length of the run only.
+
+        DDP's reducer holds the process group: a wrapper that outlives ``destroy_process_group`` is destroyed at
+        interpreter exit, where gloo's threads sometimes abort the process ("terminate called without an
+        active exception"), so torchrun reports a finished run as failed. Releasing it here lets
+        :func:`monai_rd.bundle.distributed.shutdown` leave the group cleanly; a second ``run`` wraps again.
+        """
+        if self._parallel is not None and self.trainable_step is self._trainable_parts:
+            self.trainable_step = self._parallel(self._trainable_parts)
+        try:
+            super().run()
+        finally:
+            self.trainable_step = self._trainable_parts
 
     def teacher_features(self, batchdata: dict, inputs: torch.Tensor) -> torch.Tensor | None:
         """Teacher features for a batch, without grad.

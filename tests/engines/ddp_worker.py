@@ -6,15 +6,18 @@ writes ``<out_dir>/rank<r>.json`` (and weights for ``train``).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
 import time
+import weakref
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 from monai_rd.bundle import distributed
 from monai_rd.data import TeacherFeatureCache
@@ -67,14 +70,22 @@ def global_batches() -> list[dict]:
     ]
 
 
-def train(rank: int, world: int) -> dict[str, torch.Tensor]:
-    """ITERATIONS steps on this rank's contiguous share of each global batch; the trained weights."""
+def train(rank: int, world: int, released: list | None = None) -> dict[str, torch.Tensor]:
+    """ITERATIONS steps on this rank's contiguous share of each global batch; the trained weights.
+
+    ``released`` (if given) gets whether the DDP wrapper was freed once the run ended (it must not hold the
+    process group until interpreter exit).
+    """
     parts = build()
     share = GLOBAL_BATCH // world
     batches = [{k: v[rank * share : (rank + 1) * share] for k, v in b.items()} for b in global_batches()]
     parallel = (lambda m: distributed_data_parallel(m, "cpu")) if world > 1 else None
     trainer = RDTrainer(device="cpu", max_epochs=1, train_data_loader=batches, parallel=parallel, **parts)
+    wrapper = weakref.ref(trainer.trainable_step)
     trainer.run()
+    if released is not None:
+        gc.collect()  # as distributed.shutdown does
+        released.append(wrapper() is None and not isinstance(trainer.trainable_step, DistributedDataParallel))
     return {f"{k}.{n}": t.detach().clone() for k in ("network", "reprogrammer") for n, t in parts[k].state_dict().items()}
 
 
@@ -104,7 +115,9 @@ def main() -> None:
     distributed.init_process_group(timeout_s=60)
     rank, world = dist.get_rank(), dist.get_world_size()
     result: dict = {"rank": rank, "world": world}
-    torch.save(train(rank, world), os.path.join(out_dir, f"weights{rank}.pt"))
+    released: list[bool] = []
+    torch.save(train(rank, world, released), os.path.join(out_dir, f"weights{rank}.pt"))
+    result["ddp_released"] = released[0]
     data_dir = sys.argv[3]
     result["ram"] = cache_once(data_dir, None)
     result["disk"] = cache_once(data_dir, os.path.join(out_dir, "cache"))
