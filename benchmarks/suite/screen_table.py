@@ -11,7 +11,7 @@ Each variant is ``label:tag:method``; a task whose run is missing shows a dash a
 With several seeds (``--seeds 0 1 2``) a cell is the mean ± sd over the seeds found, and the last column the mean
 over tasks ± the sd over seeds of each seed's mean over tasks (when every task has every seed). ``--baseline LABEL``
 adds, per variant, the paired difference to that variant's mean over tasks, seed by seed, with a 95% t interval
-over the seeds; ``--plot FILE`` draws each variant's accuracy per task (mean over seeds, the Wilson 95% interval of
+over the seeds; ``--tasks`` keeps some tasks only (e.g. those every variant ran); ``--plot FILE`` draws each variant's accuracy per task (mean over seeds, the Wilson 95% interval of
 an accuracy at that mean on the task's test images).
 """
 
@@ -204,10 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--baseline", help="label of the variant each other is compared with, seed by seed")
     parser.add_argument("--plot", help="write the accuracy figure (PNG) here")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS,
+                        help="the task columns (default: all five); the means and the paired difference use these")
     args = parser.parse_args(argv)
-    print(screen_table(args.results, args.variants, args.seeds, baseline=args.baseline))
+    print(screen_table(args.results, args.variants, args.seeds, tasks=args.tasks, baseline=args.baseline))
     if args.plot:
-        plot(args.results, args.variants, args.seeds, args.plot)
+        plot(args.results, args.variants, args.seeds, args.plot, tasks=args.tasks)
 
 
 if __name__ == "__main__":

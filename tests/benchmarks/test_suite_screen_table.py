@@ -77,3 +77,18 @@ def test_the_plot_is_written_from_the_runs(tmp_path):
     tasks = _two_tasks_three_seeds(r)
     screen.plot(r, ["alone:alone:student", "RD+U:u:rd"], [0, 1, 2], str(tmp_path / "a.png"), tasks=tasks)
     assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_the_command_line_restricts_the_table_to_the_tasks_named(tmp_path, capsys):
+    """Catches --tasks ignored: with all five columns the partly-run variant has no paired interval (n/a)."""
+    r = str(tmp_path)
+    tasks = _two_tasks_three_seeds(r)
+    variants = ["alone:alone:student", "RD+U:u:rd"]
+    screen.main(["--results", r, "--seeds", "0", "1", "2", "--baseline", "alone", *variants])
+    assert capsys.readouterr().out.splitlines()[3].endswith(" n/a |")
+    screen.main(["--results", r, "--seeds", "0", "1", "2", "--baseline", "alone", *variants, "--tasks", *tasks,
+                 "--plot", str(tmp_path / "b.png")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| variant | `aal_lobes_rgb25d` | `brodmann_axial32` | mean (tasks) | minus alone (95% t, 3 seeds) |"
+    assert lines[3] == "| RD+U | 0.700 ± 0.100 | 0.300 ± 0.100 | 0.500 ± 0.050 | +0.100 [-0.024, +0.224] |"
+    assert (tmp_path / "b.png").stat().st_size > 1000
