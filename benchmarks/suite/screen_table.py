@@ -11,8 +11,9 @@ Each variant is ``label:tag:method``; a task whose run is missing shows a dash a
 With several seeds (``--seeds 0 1 2``) a cell is the mean ± sd over the seeds found, and the last column the mean
 over tasks ± the sd over seeds of each seed's mean over tasks (when every task has every seed). ``--baseline LABEL``
 adds, per variant, the paired difference to that variant's mean over tasks, seed by seed, with a 95% t interval
-over the seeds; ``--tasks`` keeps some tasks only (e.g. those every variant ran); ``--plot FILE`` draws each variant's accuracy per task (mean over seeds, the Wilson 95% interval of
-an accuracy at that mean on the task's test images).
+over the seeds; ``--tasks`` keeps some tasks only (e.g. those every variant ran); ``--plot FILE`` draws each
+variant's accuracy per task (mean over seeds, the Wilson 95% interval of an accuracy at that mean on the task's
+test images).
 """
 
 from __future__ import annotations

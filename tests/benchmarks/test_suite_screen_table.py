@@ -89,6 +89,7 @@ def test_the_command_line_restricts_the_table_to_the_tasks_named(tmp_path, capsy
     screen.main(["--results", r, "--seeds", "0", "1", "2", "--baseline", "alone", *variants, "--tasks", *tasks,
                  "--plot", str(tmp_path / "b.png")])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "| variant | `aal_lobes_rgb25d` | `brodmann_axial32` | mean (tasks) | minus alone (95% t, 3 seeds) |"
+    header = "| variant | `aal_lobes_rgb25d` | `brodmann_axial32` | mean (tasks) | minus alone (95% t, 3 seeds) |"
+    assert lines[0] == header
     assert lines[3] == "| RD+U | 0.700 ± 0.100 | 0.300 ± 0.100 | 0.500 ± 0.050 | +0.100 [-0.024, +0.224] |"
     assert (tmp_path / "b.png").stat().st_size > 1000
