@@ -17,6 +17,7 @@ from types import TracebackType
 __all__ = [
     "CheckpointMismatchError",
     "DataCheckError",
+    "DistributedRunError",
     "MonaiRDError",
     "NonFiniteError",
     "OptionError",
@@ -50,6 +51,10 @@ class CheckpointMismatchError(MonaiRDError, ValueError):
 
 class OutputFolderError(MonaiRDError, FileExistsError):
     """An output folder cannot be written, or holds a previous run's files that this run would overwrite."""
+
+
+class DistributedRunError(MonaiRDError, RuntimeError):
+    """A multi-process run cannot start or continue (not launched by torchrun, or rank 0 failed)."""
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))

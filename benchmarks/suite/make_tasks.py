@@ -55,7 +55,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(1, REPO)
 
-from monai_rd.data.brain_lobes import AAL_LOBES, MRICRON_DIR, aal_lobe_map  # noqa: E402
+from demo_data.brain_lobes import AAL_LOBES, MRICRON_DIR, aal_lobe_map  # noqa: E402
 
 SPLITS = ("training", "validation", "test")
 # the split of each block of slices, repeating along the slicing axis: every split samples the whole brain
@@ -149,7 +149,7 @@ def aal_region_classes(mricron_dir: str) -> dict[str, tuple[int, ...]]:
 
 
 def aal_lobe_classes(mricron_dir: str) -> dict[str, tuple[int, ...]]:
-    """The demo's five AAL lobes (``monai_rd.data.brain_lobes``)."""
+    """The demo's five AAL lobes (``demo_data.brain_lobes``)."""
     lobe_of = aal_lobe_map(os.path.join(mricron_dir, "aal.nii.txt"))
     return {lobe: tuple(sorted(v for v, lb in lobe_of.items() if lb == lobe)) for lobe in sorted(AAL_LOBES.values())}
 

@@ -1,6 +1,6 @@
 """What running a monai_rd bundle needs besides the components: typed options, the run folder, the recipe."""
 
-from monai_rd.bundle.options import (
+from monai_rd.utils.options import (
     as_bool,
     as_float,
     as_float_list,

@@ -14,13 +14,14 @@ import datetime
 import gc
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from monai_rd.errors import MonaiRDError, OptionError
+from monai_rd.errors import DistributedRunError, OptionError
+from monai_rd.utils.ranks import is_distributed, on_rank0, rank, run_fingerprint, world_size
 
 __all__ = [
     "DistributedRunError",
@@ -37,27 +38,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-class DistributedRunError(MonaiRDError, RuntimeError):
-    """A multi-process run cannot start or continue (not launched by torchrun, or rank 0 failed)."""
-
-
-def is_distributed() -> bool:
-    """Whether a process group with more than one process is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank() -> int:
-    """This process's rank in the process group; 0 without one (a single-process run)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    """Number of processes in the process group; 1 without one."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def init_process_group(timeout_s: float = 1800.0, backend: str | None = None) -> torch.device:
@@ -117,86 +98,32 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def on_rank0(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)`` on rank 0 only; every rank returns its result, or raises its error.
-
-    The other ranks wait (a broadcast is also a barrier), so files rank 0 moves or writes are in place when
-    they go on. Without a process group it is a plain call.
-
-    Args:
-        fn: the function (e.g. :func:`~monai_rd.bundle.prepare_run_folder`); its result must pickle.
-        args: its positional arguments.
-        kwargs: its keyword arguments.
-
-    Returns:
-        Rank 0's result, on every rank.
-
-    Raises:
-        Exception: the error ``fn`` raised on rank 0, re-raised on every rank (a :class:`DistributedRunError`
-            naming it when the error itself cannot be sent).
-    """
-    if not is_distributed():
-        return fn(*args, **kwargs)
-    box: list[Any] = [None]
-    if dist.get_rank() == 0:
-        try:
-            box[0] = ("ok", fn(*args, **kwargs))
-        except Exception as e:  # every rank must stop with rank 0's error, not wait for it
-            box[0] = ("error", e)
-    try:
-        dist.broadcast_object_list(box, src=0)
-    except Exception as e:
-        if dist.get_rank() == 0 and box[0] is not None and box[0][0] == "error":
-            raise box[0][1] from e
-        raise
-    status, value = box[0]
-    if status == "error":
-        if dist.get_rank() == 0:
-            raise value
-        raise value if isinstance(value, Exception) else DistributedRunError(f"rank 0 failed: {value}")
-    return value
-
-
-def for_this_rank(handlers: Iterable[Any], rank0_only: Sequence[type] | None = None) -> list[Any]:
+def for_this_rank(handlers: Iterable[Any]) -> list[Any]:
     """The handlers this rank attaches: all on rank 0; on the others, none of those that write files or logs.
 
-    Checkpoint savers, metric and curve writers, prediction writers and log handlers run on rank 0 only; every
-    other handler (LR and loss-weight schedules, validation, metrics) runs on every rank, so the ranks keep
-    the same schedule and take part in every metric reduction.
+    A handler runs on rank 0 only when its class says so (``rank0_only = True``: checkpoint savers, metric, curve
+    and prediction writers), or when it is one of MONAI's writers (``CheckpointSaver``, ``StatsHandler``). Every
+    other handler (LR and loss-weight schedules, validation, metrics) runs on every rank, so the ranks keep the
+    same schedule and take part in every metric reduction.
 
     Args:
         handlers: a bundle's handler list (objects, ``None`` entries skipped).
-        rank0_only: the handler types that run on rank 0 only (default: see above).
 
     Returns:
         The handlers to attach on this rank.
     """
+    from monai.handlers import CheckpointSaver, StatsHandler
+
     handlers = [h for h in handlers if h is not None]
     if rank() == 0:
         return handlers
-    if rank0_only is None:
-        from monai.handlers import CheckpointSaver, StatsHandler
-
-        from monai_rd.handlers import MetricsJSONWriter, PredictionsCSVSaver, TrainingCurvePlotter
-
-        rank0_only = (CheckpointSaver, StatsHandler, MetricsJSONWriter, PredictionsCSVSaver, TrainingCurvePlotter)
-    return [h for h in handlers if not isinstance(h, tuple(rank0_only))]
+    return [h for h in handlers if not (getattr(h, "rank0_only", False) or isinstance(h, (CheckpointSaver, StatsHandler)))]
 
 
 def shard_size(num_items: int) -> int:
     """Items per rank under ``DistributedSampler(even_divisible=True)``: ``ceil(num_items / world_size)``."""
     n = world_size()
     return -(-int(num_items) // n)
-
-
-def run_fingerprint(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's fingerprint with the number of processes (only when more than one, so single-process
-    checkpoints keep their fingerprint): a run resumed with another world size is refused, since its data
-    order and iterations per epoch differ."""
-    out = dict(fingerprint)
-    if world_size() > 1:
-        out["world_size"] = world_size()
-    return out
 
 
 def build_cache_once(cache: Any, data: Sequence[Mapping]) -> Any:

@@ -155,7 +155,7 @@ def spec_fields(task: str) -> tuple[str, ...]:
 
 def _segmentation_value(key: str, value: Any, spatial_dims: int) -> Any:
     """``value`` of segmentation field ``key`` in the spec's form (lists, ints, floats), checked."""
-    from monai_rd.bundle import options
+    from monai_rd.utils import options
 
     if key == "class_names":
         return as_class_names(value)
@@ -223,7 +223,7 @@ def segmentation_model_spec(bundle_root: str, **fields: Any) -> dict[str, Any]:
 
 def write_model_spec(spec: dict[str, Any], ckpt_dir: str) -> str:
     """Write ``spec`` to ``ckpt_dir/model_meta.json`` (atomically); returns the path."""
-    from monai_rd.data.datalist import write_json_atomic
+    from monai_rd.utils.files import write_json_atomic
 
     path = os.path.join(ckpt_dir, MODEL_SPEC_FILE)
     write_json_atomic(spec, path)

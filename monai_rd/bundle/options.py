@@ -1,225 +1,348 @@
-"""Typed bundle options: what ``python -m monai.bundle run --key value`` passes, checked and converted.
+"""A bundle run's options, typed and checked once: what ``python -m monai.bundle run --key value`` sets.
 
-MONAI's command line (python-fire) passes ``--distill false`` as the *string* ``"false"``, which Python treats as
-true, and ``--phi_hidden null`` as the string ``"null"``. The recipe therefore keeps each user-facing option as
-typed and reads it only through these converters (``"opt": {"distill": "$monai_rd.bundle.as_bool(@distill,
-'distill')"}``), so a flag means what the user typed, and a value it cannot take stops the run before any work
-with a message that names the option.
+A bundle's ``train.json`` keeps every option as a plain top-level value a user overrides on the command line
+(``--epochs 2``, ``--method kd``) and hands them, unconverted, to one of these dataclasses (its ``options``
+component). Each field is converted and checked when the dataclass is built: MONAI's command line (python-fire)
+passes ``--distill false`` as the *string* ``"false"``, ``--phi_hidden null`` as ``"null"`` and ``--lr 1e-3`` as
+a float or a string, so every value goes through :mod:`monai_rd.utils.options`, and a value an option cannot take
+stops the run before any work with a message naming the option. The recipe then reads ``@options.epochs``, never
+the raw value.
+
+The training method (``--method``) is resolved here too: its fixed values (``alpha`` for KD, ``gamma`` for
+``rd_no_cka``, ...) replace the options they fix, and its defaults fill the options left unset
+(:class:`monai_rd.methods.MethodSpec`).
 """
 
 from __future__ import annotations
 
-import ast
-import math
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
+from monai_rd.bundle.model_spec import as_class_names
+from monai_rd.data.dicom_reader import parse_window
+from monai_rd.data.unlabelled import unlabelled_splits
 from monai_rd.errors import OptionError
+from monai_rd.methods import MethodSpec, get_method_spec
+from monai_rd.networks.adapted_teacher import as_lora_targets
+from monai_rd.utils.options import (
+    as_bool,
+    as_float,
+    as_float_list,
+    as_int,
+    as_int_list,
+    as_optional_float,
+    as_optional_float_list,
+    as_optional_int,
+    as_optional_str,
+)
 
-__all__ = [
-    "as_bool",
-    "as_float",
-    "as_float_list",
-    "as_int",
-    "as_int_list",
-    "as_optional_float",
-    "as_optional_float_list",
-    "as_optional_int",
-    "as_optional_str",
-    "epoch_length",
-]
+__all__ = ["ClassificationOptions", "SegmentationOptions", "TrainOptions", "as_dtype"]
 
-_TRUE = ("true", "1", "yes")
-_FALSE = ("false", "0", "no")
-_NONE = ("none", "null", "")
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def as_bool(value: Any, name: str) -> bool:
-    """``True``/``False``, ``true``/``false`` (any case), ``1``/``0`` and ``yes``/``no`` as a bool.
-
-    Args:
-        value: the option's value as the config or the command line gives it.
-        name: the option's name, for the error message.
-
-    Returns:
-        The boolean.
+def as_dtype(value: Any, name: str) -> torch.dtype:
+    """A torch floating-point dtype from ``torch.float16`` or its name (``"float16"``, ``"bfloat16"``, ``"float32"``).
 
     Raises:
-        OptionError: any other value (e.g. ``2``, ``"flase"``, ``None``).
+        OptionError: any other value.
     """
-    if isinstance(value, bool):
+    if isinstance(value, torch.dtype) and value in _DTYPES.values():
         return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise OptionError(f"--{name} must be true or false (also True/False/1/0), got {value!r}.")
+    key = str(value).strip().lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise OptionError(f"--{name} must be one of {list(_DTYPES)}, got {value!r}.")
+    return _DTYPES[key]
 
 
-def _is_none(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
+@dataclasses.dataclass
+class TrainOptions:
+    """The options every training recipe has (classification and segmentation).
 
-
-def as_int(value: Any, name: str, min_value: int | None = None) -> int:
-    """An integer option; ``"8"`` and ``8.0`` are accepted, ``8.5`` and ``"eight"`` are not.
-
-    Args:
-        value: the option's value.
-        name: the option's name, for the error message.
-        min_value: the smallest allowed value.
-
-    Returns:
-        The integer.
+    Built from the raw values of ``train.json`` (each field's default is what the recipe sets when a bundle does
+    not); ``__post_init__`` converts and checks them. See :class:`ClassificationOptions` and
+    :class:`SegmentationOptions` for the recipe-specific ones.
 
     Raises:
-        OptionError: not an integer, a bool, or below ``min_value``.
+        OptionError: (when built) a value an option cannot take, naming the option.
     """
-    out: int | None = None
-    if not isinstance(value, bool):
-        try:
-            f = float(value)
-            if math.isfinite(f) and f == int(f):
-                out = int(f)
-        except (TypeError, ValueError):
-            out = None
-    if out is None:
-        raise OptionError(f"--{name} must be an integer, got {value!r}.")
-    if min_value is not None and out < min_value:
-        raise OptionError(f"--{name} must be at least {min_value}, got {out}.")
-    return out
 
+    task = "classification"  # the recipe these options drive: picks the method's implementation
 
-def as_float(value: Any, name: str, min_value: float | None = None, positive: bool = False) -> float:
-    """A finite float option.
+    class_names: Any = None
+    seed: Any = 0
+    amp: Any = False
+    in_channels: Any = 1
+    spatial_dims: Any = 2
+    epochs: Any = 240
+    batch_size: Any = 32
+    num_workers: Any = 4
+    lr: Any = 0.005
+    weight_decay: Any = 0.01
+    method: Any = "rd"
+    distill: Any = True
+    resume: Any = False
+    overwrite: Any = False
+    student: Any = "resnet18"
+    phi_blocks: Any = 2
+    phi_block: Any = "bottleneck"
+    phi_hidden: Any = 128
+    gamma: Any = 1.0
+    tau: Any = 4.0
+    alpha_start: Any = 1.0
+    beta_start: Any = 1.0
+    alpha_end: Any = None
+    beta_end: Any = None
+    detach_teacher: Any = True
+    grad_clip_norm: Any = None
+    cache_teacher: Any = True
+    cache_dtype: Any = "float16"
+    teacher_name: Any = None
 
-    Args:
-        value: the option's value.
-        name: the option's name, for the error message.
-        min_value: the smallest allowed value.
-        positive: the value must be > 0.
-
-    Returns:
-        The float.
-
-    Raises:
-        OptionError: not a finite number, a bool, below ``min_value``, or not positive when required.
-    """
-    try:
-        out = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        out = math.nan
-    if not math.isfinite(out):
-        raise OptionError(f"--{name} must be a finite number, got {value!r}.")
-    if positive and out <= 0:
-        raise OptionError(f"--{name} must be positive, got {out}.")
-    if min_value is not None and out < min_value:
-        raise OptionError(f"--{name} must be at least {min_value}, got {out}.")
-    return out
-
-
-def as_optional_int(value: Any, name: str, min_value: int | None = None) -> int | None:
-    """Like :func:`as_int`, but ``None``, ``null`` and ``none`` mean "not set" and give None."""
-    return None if _is_none(value) else as_int(value, name, min_value)
-
-
-def as_optional_float(
-    value: Any, name: str, positive: bool = False, min_value: float | None = None
-) -> float | None:
-    """Like :func:`as_float`, but ``None``, ``null`` and ``none`` mean "not set" and give None."""
-    return None if _is_none(value) else as_float(value, name, min_value=min_value, positive=positive)
-
-
-def _as_list(value: Any, name: str, length: int | None, example: str) -> list:
-    """A list/tuple option (or its text, e.g. ``"[96,96,96]"`` from a shell) as a list of the given length."""
-    items = value
-    if isinstance(value, str):
-        try:
-            items = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            items = value
-    if isinstance(items, (int, float)) and not isinstance(items, bool) and length is not None:
-        items = [items] * length  # one number for every axis, as MONAI's transforms take it
-    if isinstance(items, str) or not isinstance(items, Sequence) or len(items) == 0:
-        raise OptionError(f"--{name} must be a list, e.g. {example}; got {value!r}.")
-    if length is not None and len(items) != length:
-        raise OptionError(f"--{name} must have {length} values (one per axis), e.g. {example}; got {value!r}.")
-    return list(items)
-
-
-def as_int_list(value: Any, name: str, length: int | None = None, min_value: int | None = None) -> list[int]:
-    """A list of integers, e.g. a window size per axis; ``"[96,96,64]"`` as typed in a shell is accepted.
-
-    Args:
-        value: the option's value.
-        name: the option's name, for the error message.
-        length: the number of values required (a single number is repeated to it); None: any.
-        min_value: the smallest allowed value of each.
-
-    Returns:
-        The integers.
-
-    Raises:
-        OptionError: not a list of integers, of another length, or a value below ``min_value``.
-    """
-    items = _as_list(value, name, length, "[96,96,96]")
-    return [as_int(v, f"{name}[{i}]", min_value) for i, v in enumerate(items)]
-
-
-def as_float_list(value: Any, name: str, length: int | None = None, positive: bool = False) -> list[float]:
-    """A list of finite floats, e.g. a voxel size per axis in mm or an intensity window.
-
-    Args:
-        value: the option's value.
-        name: the option's name, for the error message.
-        length: the number of values required (a single number is repeated to it); None: any.
-        positive: each value must be > 0.
-
-    Returns:
-        The floats.
-
-    Raises:
-        OptionError: not a list of finite numbers, of another length, or a value not positive when required.
-    """
-    items = _as_list(value, name, length, "[1.5,1.5,2.0]")
-    return [as_float(v, f"{name}[{i}]", positive=positive) for i, v in enumerate(items)]
-
-
-def as_optional_float_list(
-    value: Any, name: str, length: int | None = None, positive: bool = False
-) -> list[float] | None:
-    """Like :func:`as_float_list`, but ``None``, ``null`` and ``none`` mean "not set" and give None."""
-    return None if _is_none(value) else as_float_list(value, name, length, positive)
-
-
-def as_optional_str(value: Any, name: str) -> str | None:
-    """A text option, or None for ``None``, ``null``, ``none`` and the empty string.
-
-    Raises:
-        OptionError: neither text nor None (e.g. a number or a list).
-    """
-    if _is_none(value):
-        return None
-    if not isinstance(value, str):
-        raise OptionError(f"--{name} must be text (or null), got {value!r}.")
-    return value.strip()
-
-
-def epoch_length(num_items: int, batch_size: int) -> int:
-    """Iterations per epoch of a loader that drops the last incomplete batch.
-
-    Args:
-        num_items: training items.
-        batch_size: items per batch.
-
-    Returns:
-        ``num_items // batch_size``.
-
-    Raises:
-        OptionError: the batch is larger than the training set, so an epoch would have no iteration.
-    """
-    if batch_size > num_items:
-        raise OptionError(
-            f"--batch_size {batch_size} is larger than the {num_items} training images, so an epoch would have no "
-            f"iteration (the last incomplete batch is dropped); use --batch_size {max(num_items, 1)} or less."
+    def __post_init__(self) -> None:
+        self.class_names = as_class_names(self.class_names)
+        self.seed = as_int(self.seed, "seed", min_value=0)
+        self.amp = as_bool(self.amp, "amp")
+        self.in_channels = as_int(self.in_channels, "in_channels", min_value=1)
+        self.spatial_dims = as_int(self.spatial_dims, "spatial_dims", min_value=2)
+        self.epochs = as_int(self.epochs, "epochs", min_value=1)
+        self.num_workers = as_int(self.num_workers, "num_workers", min_value=0)
+        self.lr = as_float(self.lr, "lr", positive=True)
+        self.weight_decay = as_float(self.weight_decay, "weight_decay", min_value=0.0)
+        self.spec: MethodSpec = get_method_spec(self.method, self.distill, self.task)
+        self.method = self.spec.name
+        self.distill = self.spec.uses_teacher
+        self.resume = as_bool(self.resume, "resume")
+        self.overwrite = as_bool(self.overwrite, "overwrite")
+        self.phi_blocks = as_int(self.phi_blocks, "phi_blocks", min_value=0)
+        self.phi_block = str(self.phi_block)
+        self.phi_hidden = as_optional_int(self.phi_hidden, "phi_hidden", min_value=1)
+        self.gamma = self.spec.fixed_or("gamma", lambda: as_float(self.gamma, "gamma", min_value=0.0))
+        self.tau = as_float(self.tau, "tau", positive=True)
+        self.alpha_start = self.spec.fixed_or("alpha", lambda: as_float(self.alpha_start, "alpha_start", min_value=0.0))
+        self.beta_start = as_float(self.beta_start, "beta_start", min_value=0.0)
+        self.alpha_end = self.spec.fixed_or(
+            "alpha", lambda: as_optional_float(self.alpha_end, "alpha_end", min_value=0.0)
         )
-    return num_items // batch_size
+        self.beta_end = as_optional_float(self.beta_end, "beta_end", min_value=0.0)
+        self.detach_teacher = as_bool(self.detach_teacher, "detach_teacher")
+        self.grad_clip_norm = as_optional_float(self.grad_clip_norm, "grad_clip_norm", positive=True)
+        self.cache_teacher = as_bool(self.cache_teacher, "cache_teacher")
+        self.cache_dtype = as_dtype(self.cache_dtype, "cache_dtype")
+
+    @property
+    def num_classes(self) -> int:
+        """Outputs of the model: one per class name (background included for segmentation)."""
+        return len(self.class_names)
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the method builds the teacher (``--method student`` and ``--distill false`` do not)."""
+        return self.spec.uses_teacher
+
+    def loss_weight_ends(self, datalist: Mapping[str, Sequence[Mapping]]) -> tuple[float, float]:
+        """The end values of the alpha/beta schedule, ``--alpha_end`` and ``--beta_end``.
+
+        Unset, each is 1.0 when unlabelled images are trained on and 0.0 otherwise. The KD term (beta) is the only
+        one that learns from unlabelled images besides CKA, so decaying it to 0 would stop them counting by the end
+        of the run; the task suite's measured recipe with unlabelled images holds both at 1
+        (``benchmarks/results/suite/README.md``). Without unlabelled images they decay from 1 to 0.
+
+        Args:
+            datalist: the run's ``{split: [items]}``.
+        """
+        default = 1.0 if unlabelled_splits(datalist, self.uses_unlabelled) else 0.0
+        return (
+            default if self.alpha_end is None else self.alpha_end,
+            default if self.beta_end is None else self.beta_end,
+        )
+
+    @property
+    def uses_unlabelled(self) -> bool:
+        """Whether the datalist's unlabelled images are trained on (only a method with a teacher learns from them)."""
+        return False
+
+    def fingerprint(self, epoch_length: int, training_data: str, datalist: Mapping) -> dict[str, Any]:
+        """What a checkpoint must have been trained with to be resumed by this run (compared by the run folder).
+
+        Args:
+            epoch_length: iterations per epoch.
+            training_data: a digest of the training items (:func:`monai_rd.handlers.data_digest`).
+            datalist: the run's datalist (for the loss-weight end values).
+        """
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class ClassificationOptions(TrainOptions):
+    """The classification recipe's options (2D images, or 3D volumes with ``spatial_dims`` 3).
+
+    Besides :class:`TrainOptions`: the input size and reading options, multi-label, the students' ImageNet
+    weights, the method's own options (feature-distillation weight, direct reprogramming and teacher adaptation
+    epochs, LoRA), unlabelled images and the cache's views, and the teacher-branch metrics.
+    """
+
+    image_size: Any = 224
+    multi_label: Any = False
+    distill_weight: Any = None
+    direct_epochs: Any = None
+    teacher_epochs: Any = None
+    teacher_lr: Any = None
+    lora_rank: Any = 8
+    lora_alpha: Any = 16.0
+    lora_targets: Any = None
+    student_pretrained: Any = False
+    cache_views: Any = 1
+    unlabelled: Any = True
+    frame: Any = None
+    window: Any = "file"
+    slice_axis: Any = -1
+    slice_index: Any = None
+    projection: Any = None
+    teacher_branch_metrics: Any = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        spec = self.spec
+        self.student = str(self.student)
+        self.image_size = as_int(self.image_size, "image_size", min_value=8)
+        self.batch_size = as_int(self.batch_size, "batch_size", min_value=2)
+        self.multi_label = as_bool(self.multi_label, "multi_label")
+        weight = as_optional_float(self.distill_weight, "distill_weight")
+        if weight is not None and weight < 0:
+            raise OptionError(f"--distill_weight must be at least 0, got {weight}.")
+        self.distill_weight = spec.feature_weight if weight is None else weight
+        direct = as_optional_int(self.direct_epochs, "direct_epochs", min_value=1)
+        self.direct_epochs = (direct or self.epochs) if spec.direct else 0
+        adapt = as_optional_int(self.teacher_epochs, "teacher_epochs", min_value=1)
+        self.teacher_epochs = (adapt or self.epochs) if spec.adapt else 0
+        lr = as_optional_float(self.teacher_lr, "teacher_lr")
+        if lr is not None and lr <= 0:
+            raise OptionError(f"--teacher_lr must be positive, got {lr}.")
+        self.teacher_lr = spec.teacher_lr if lr is None else lr
+        self.lora_rank = as_int(self.lora_rank, "lora_rank", min_value=1)
+        self.lora_alpha = as_float(self.lora_alpha, "lora_alpha", positive=True)
+        self.lora_targets = as_lora_targets(self.lora_targets)
+        self.student_pretrained = as_bool(self.student_pretrained, "student_pretrained")
+        self.cache_views = as_int(self.cache_views, "cache_views", min_value=1)
+        self.unlabelled = as_bool(self.unlabelled, "unlabelled")
+        self.frame = as_optional_int(self.frame, "frame")
+        self.window = parse_window(self.window)
+        self.slice_axis = as_int(self.slice_axis, "slice_axis")
+        self.slice_index = as_optional_int(self.slice_index, "slice_index")
+        self.teacher_branch_metrics = as_bool(self.teacher_branch_metrics, "teacher_branch_metrics") and spec.phi
+
+    @property
+    def uses_unlabelled(self) -> bool:  # noqa: D102 (see TrainOptions)
+        return self.unlabelled and self.uses_teacher
+
+    @property
+    def reading(self) -> dict[str, Any]:
+        """How files are read (:class:`monai_rd.transforms.LoadImage2D`'s options), recorded in the model's spec."""
+        return {
+            "frame": self.frame,
+            "window": self.window,
+            "slice_axis": self.slice_axis,
+            "slice_index": self.slice_index,
+            "projection": self.projection,
+        }
+
+    def fingerprint(self, epoch_length: int, training_data: str, datalist: Mapping) -> dict[str, Any]:  # noqa: D102
+        spec = self.spec
+        alpha_end, beta_end = self.loss_weight_ends(datalist)
+        out = dict(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+            image_size=self.image_size,
+            in_channels=self.in_channels,
+            classes=list(self.class_names),
+            multi_label=self.multi_label,
+            student=self.student,
+            distill=self.distill,
+            teacher=self.teacher_name if self.distill else None,
+            phi=[self.phi_blocks, self.phi_block, self.phi_hidden] if spec.phi else None,
+            loss=[self.alpha_start, self.beta_start, alpha_end, beta_end, self.gamma, self.tau],
+            cache=[self.cache_teacher, self.cache_views],
+            epoch_length=epoch_length,
+            training_data=training_data,
+        )
+        # methods other than rd and student record their own settings (earlier checkpoints did not: kept so)
+        if self.method not in ("rd", "student"):
+            out.update(method=self.method, distill_weight=self.distill_weight, direct_epochs=self.direct_epochs)
+            if spec.adapt:
+                adaptation = [self.teacher_epochs, self.teacher_lr]
+                if spec.adapt == "lora":
+                    adaptation += [self.lora_rank, self.lora_alpha, self.lora_targets]
+                out["teacher_adaptation"] = adaptation
+        return out
+
+
+@dataclasses.dataclass
+class SegmentationOptions(TrainOptions):
+    """The segmentation recipe's options (2D or 3D, sliding-window validation and inference).
+
+    Besides :class:`TrainOptions`: the window (``roi_size``), the intensity window, orientation, voxel size and
+    foreground crop, the UNet's channels, strides and residual units, the teacher's input size, and CKA's voxel
+    sampling.
+    """
+
+    task = "segmentation"
+
+    spatial_dims: Any = 3
+    roi_size: Any = (96, 96, 96)
+    intensity_range: Any = (0.0, 255.0)
+    axcodes: Any = None
+    pixdim: Any = None
+    crop_foreground: Any = False
+    student_channels: Any = (16, 32, 64, 128)
+    student_strides: Any = (2, 2, 2)
+    student_res_units: Any = 1
+    teacher_input_size: Any = None
+    cka_mode: Any = "voxels"
+    cka_num_voxels: Any = 1024
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.student = str(self.student)
+        self.batch_size = as_int(self.batch_size, "batch_size", min_value=1)
+        self.crop_foreground = as_bool(self.crop_foreground, "crop_foreground")
+        self.student_res_units = as_int(self.student_res_units, "student_res_units", min_value=0)
+        self.roi_size = as_int_list(self.roi_size, "roi_size", length=self.spatial_dims, min_value=1)
+        self.intensity_range = as_float_list(self.intensity_range, "intensity_range", length=2)
+        self.axcodes = as_optional_str(self.axcodes, "axcodes")
+        self.pixdim = as_optional_float_list(self.pixdim, "pixdim", length=self.spatial_dims, positive=True)
+        self.student_channels = as_int_list(self.student_channels, "student_channels", min_value=1)
+        self.student_strides = as_int_list(self.student_strides, "student_strides", min_value=1)
+        self.cka_mode = str(self.cka_mode)
+        self.cka_num_voxels = as_int(self.cka_num_voxels, "cka_num_voxels", min_value=2)
+        # the segmentation schedule's end values are set (0 by default), not derived from unlabelled images
+        self.alpha_end = 0.0 if self.alpha_end is None else self.alpha_end
+        self.beta_end = 0.0 if self.beta_end is None else self.beta_end
+
+    def fingerprint(self, epoch_length: int, training_data: str, datalist: Mapping) -> dict[str, Any]:  # noqa: D102
+        return dict(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+            spatial_dims=self.spatial_dims,
+            in_channels=self.in_channels,
+            classes=list(self.class_names),
+            student=[self.student, list(self.student_channels), list(self.student_strides), self.student_res_units],
+            distill=self.distill,
+            teacher=[self.teacher_name, list(self.teacher_input_size)] if self.distill else None,
+            phi=[self.phi_blocks, self.phi_block, self.phi_hidden] if self.distill else None,
+            loss=[self.alpha_start, self.beta_start, self.alpha_end, self.beta_end, self.gamma, self.tau,
+                  self.cka_mode, self.cka_num_voxels],
+            cache=self.cache_teacher,
+            reading=[self.axcodes, self.pixdim, self.intensity_range, self.crop_foreground],
+            epoch_length=epoch_length,
+            training_data=training_data,
+        )

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from monai_rd.bundle.options import as_bool, as_optional_float
+from monai_rd.utils.options import as_bool, as_optional_float
 from monai_rd.errors import OptionError
 
 __all__ = ["METHODS", "Method", "as_method", "create_feature_loss", "distill_weight", "method_spec", "teacher_lr"]

@@ -31,12 +31,12 @@ from monai.utils import convert_to_numpy
 from monai_rd.data.datalist import load_json
 from monai_rd.data.pil_modes import convert_to_displayed_mode
 from monai_rd.errors import DataCheckError, OutputFolderError
+from monai_rd.utils.constants import SPLITS
 
 __all__ = ["check_datalist", "check_writable", "default_image_loader"]
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("training", "validation", "test")
 _NO_LABEL = object()
 LEAK_FIX = "remove it from all but one split (for a saved split, edit the datalist JSON or delete it to re-split)"
 # LoadImage's "cannot find a suitable reader" error appends each reader's traceback, the given reader's first

@@ -7,16 +7,15 @@ import fnmatch
 import json
 import os
 import re
-import secrets
-import stat
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from monai_rd.data.unlabelled import UNLABELLED_SPLIT
 from monai_rd.errors import DataCheckError, OptionError
+from monai_rd.utils.constants import SPLITS, UNLABELLED_SPLIT
+from monai_rd.utils.files import write_json_atomic
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -30,11 +29,9 @@ __all__ = [
     "read_split_file",
     "save_datalist",
     "split_datalist",
-    "write_json_atomic",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
-SPLITS = ("training", "validation", "test")
 
 
 def load_json(path: str, what: str = "JSON file") -> Any:
@@ -62,28 +59,6 @@ def load_json(path: str, what: str = "JSON file") -> Any:
         ) from e
     except (OSError, UnicodeDecodeError) as e:
         raise DataCheckError(f"{what} {path} cannot be read ({e}).") from e
-
-
-def write_json_atomic(obj: object, path: str) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file.
-
-    The file gets the permissions ``open(path, "w")`` would give it: an existing file's mode is kept, a new file's
-    is ``0o666`` less the umask (``tempfile.mkstemp`` would make it ``0o600``, unreadable to the group).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask, as for open()
-    try:
-        with os.fdopen(fd, "w") as f:
-            if os.path.isfile(path):
-                os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_datalist(datalist: Mapping[str, list[dict]], datalist_json: str, dataset_dir: str, **meta) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,12 +51,15 @@ except ImportError:
 
     _PYDICOM2 = True
 
+from monai.config import PathLike
 from monai.data import PydicomReader
 from monai.data.utils import affine_to_spacing
 from monai.utils import MetaKeys, ensure_tuple
+
 from monai_rd.errors import DataCheckError, OptionError
 
 __all__ = [
+    "DICOM_EXTENSIONS",
     "DicomDisplayReader",
     "apply_color_lut",
     "apply_modality_lut",
@@ -63,6 +67,7 @@ __all__ = [
     "apply_windowing",
     "convert_color_space",
     "decoded_pixels",
+    "is_dicom_file",
     "parse_window",
 ]
 
@@ -85,6 +90,7 @@ def _drop_unusable_nvimgcodec_reader() -> None:
 _drop_unusable_nvimgcodec_reader()
 
 WINDOW_FROM_FILE = "file"
+DICOM_EXTENSIONS = (".dcm", ".dicom")
 NO_WINDOW = "none"
 _NO_WINDOW_NAMES = ("none", "null", "off", "")
 # attributes an enhanced multi-frame file keeps per frame (or shared) in functional groups, not at the top level
@@ -281,3 +287,23 @@ class DicomDisplayReader(PydicomReader):
             meta[MetaKeys.SPATIAL_SHAPE] = ensure_tuple(meta[MetaKeys.SPATIAL_SHAPE])[:2]
             meta["spacing"] = affine_to_spacing(meta[MetaKeys.ORIGINAL_AFFINE], r=2)
         return arr, meta
+
+
+def is_dicom_file(path: PathLike) -> bool:
+    """Whether ``path`` is a DICOM file: a ``.dcm``/``.dicom`` name, or the ``DICM`` marker at byte 128.
+
+    Args:
+        path: the file.
+
+    Returns:
+        True for DICOM (part-10 files, with or without an extension); False otherwise or when it cannot be read.
+    """
+    path = os.fspath(path)
+    if path.lower().endswith(DICOM_EXTENSIONS):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"

@@ -24,15 +24,14 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import set_determinism
-from monai_rd.data.datalist import write_json_atomic
 from monai_rd.errors import OptionError
+from monai_rd.utils.files import file_sha256, write_json_atomic
 
 __all__ = [
     "TeacherFeatureCache",
     "CachedTeacherFeaturesd",
     "RandCachedTeacherFeaturesd",
     "describe_transform",
-    "file_sha256",
     "normalise_path",
 ]
 
@@ -41,21 +40,6 @@ logger = logging.getLogger(__name__)
 _FORMAT = 2  # on-disk layout: 1 = one torch.save file per item; 2 = memory-mapped shards with a JSON manifest
 # storage dtype -> the NumPy dtype of its bytes in a shard (NumPy has no bfloat16: its bits are kept as int16)
 _STORAGE = {torch.float16: np.float16, torch.bfloat16: np.int16, torch.float32: np.float32}
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist (named in the message).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image {path!r} listed for the teacher-feature cache does not exist.")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def describe_transform(obj: Any, depth: int = 0) -> Any:

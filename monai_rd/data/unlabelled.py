@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monai_rd.bundle.options import as_optional_float
+from monai_rd.utils.constants import UNLABELLED, UNLABELLED_SPLIT
+from monai_rd.utils.options import as_optional_float
 
-UNLABELLED_SPLIT = "unlabelled"
-UNLABELLED = -1
 
 __all__ = ["UNLABELLED", "UNLABELLED_SPLIT", "loss_weight_end", "training_items", "unlabelled_splits"]
 

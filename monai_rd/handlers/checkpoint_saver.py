@@ -13,7 +13,7 @@ from ignite.handlers import Checkpoint, DiskSaver
 
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 
-from monai_rd.bundle.distributed import rank
+from monai_rd.utils.ranks import rank
 
 __all__ = ["CrashSafeCheckpointSaver"]
 
@@ -58,6 +58,8 @@ class CrashSafeCheckpointSaver(_MonaiCheckpointSaver):
         save_dict: objects to save (``state_dict`` providers).
         kwargs: the other ``monai.handlers.CheckpointSaver`` arguments.
     """
+
+    rank0_only = True  # writes files: one process of a torchrun job does (see monai_rd.bundle.distributed)
 
     def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
         super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)

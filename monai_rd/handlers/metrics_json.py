@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from monai_rd.data.datalist import write_json_atomic
+from monai_rd.utils.files import write_json_atomic
 
 __all__ = ["MetricsJSONWriter", "to_jsonable"]
 
@@ -54,6 +54,8 @@ class MetricsJSONWriter:
         record_best: write the evaluator's best key metric and its epoch (validation during training); False for
             a one-off evaluation, where "best" and "epoch" mean nothing.
     """
+
+    rank0_only = True  # writes files: one process of a torchrun job does (see monai_rd.bundle.distributed)
 
     def __init__(
         self,

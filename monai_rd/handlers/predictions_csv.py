@@ -28,6 +28,8 @@ class PredictionsCSVSaver(CSVSaver):
         ValueError: a saved row's length differs from the number of classes (names the file).
     """
 
+    rank0_only = True  # writes files: one process of a torchrun job does (see monai_rd.bundle.distributed)
+
     def __init__(
         self,
         class_names: Sequence[str],

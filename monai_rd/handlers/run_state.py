@@ -13,7 +13,7 @@ import torch
 
 from monai.transforms import Compose, Randomizable
 
-from monai_rd.bundle.distributed import run_fingerprint
+from monai_rd.utils.ranks import run_fingerprint
 from monai_rd.errors import CheckpointMismatchError
 
 __all__ = ["RunState", "data_digest"]

@@ -25,6 +25,8 @@ class TrainingCurvePlotter:
         metric_names: evaluator metrics to plot (default: all scalar ones).
     """
 
+    rank0_only = True  # writes files: one process of a torchrun job does (see monai_rd.bundle.distributed)
+
     def __init__(
         self,
         filename: str,

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-from monai_rd.data.unlabelled import UNLABELLED
+from monai_rd.utils.constants import UNLABELLED
 from monai_rd.losses.cka import CKALoss
 from monai_rd.losses.distill_kl import DistillKLLoss
 

@@ -1,7 +1,7 @@
 """MONAI transforms added by monai_rd."""
 
 from monai_rd.transforms.grayscale import ToGrayscale, ToGrayscaled
-from monai_rd.transforms.load_image_2d import LoadImage2D, LoadImage2Dd, is_dicom_file
+from monai_rd.transforms.load_image_2d import LoadImage2D, LoadImage2Dd
 from monai_rd.transforms.load_volume import LoadVolume, LoadVolumed
 
-__all__ = ["LoadImage2D", "LoadImage2Dd", "LoadVolume", "LoadVolumed", "ToGrayscale", "ToGrayscaled", "is_dicom_file"]
+__all__ = ["LoadImage2D", "LoadImage2Dd", "LoadVolume", "LoadVolumed", "ToGrayscale", "ToGrayscaled"]

@@ -33,37 +33,17 @@ from monai.data import MetaTensor, PILReader
 from monai.data.utils import to_affine_nd
 from monai.transforms import LoadImage, MapTransform, SqueezeDim, Transform
 from monai.utils import ImageMetaKey, MetaKeys
-from monai_rd.bundle.options import as_int, as_optional_int
-from monai_rd.data.dicom_reader import WINDOW_FROM_FILE, DicomDisplayReader
+
+from monai_rd.data.dicom_reader import WINDOW_FROM_FILE, DicomDisplayReader, is_dicom_file
 from monai_rd.data.pil_modes import convert_to_displayed_mode
 from monai_rd.errors import DataCheckError, OptionError
+from monai_rd.utils.options import as_int, as_optional_int
 
-__all__ = ["DICOM_EXTENSIONS", "PROJECTIONS", "LoadImage2D", "LoadImage2Dd", "is_dicom_file"]
+__all__ = ["PROJECTIONS", "LoadImage2D", "LoadImage2Dd"]
 
 logger = logging.getLogger(__name__)
 
-DICOM_EXTENSIONS = (".dcm", ".dicom")
 PROJECTIONS = ("max", "mean")
-
-
-def is_dicom_file(path: PathLike) -> bool:
-    """Whether ``path`` is a DICOM file: a ``.dcm``/``.dicom`` name, or the ``DICM`` marker at byte 128.
-
-    Args:
-        path: the file.
-
-    Returns:
-        True for DICOM (part-10 files, with or without an extension); False otherwise or when it cannot be read.
-    """
-    path = os.fspath(path)
-    if path.lower().endswith(DICOM_EXTENSIONS):
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM"
 
 
 class LoadImage2D(Transform):

@@ -101,7 +101,7 @@ def _check_single_label(val, test, n_classes, n_val, n_test):
 
 
 def test_isic2018_bundle(tmp_path):
-    from monai_rd.data import ISIC2018_CLASSES
+    from monai_rd.datasets import ISIC2018_CLASSES
 
     rng = np.random.default_rng(0)
     root = tmp_path / "ISIC2018"
@@ -152,7 +152,7 @@ def test_covid_ct_bundle(tmp_path):
 
 
 def test_btc_bundle(tmp_path):
-    from monai_rd.data import BTC_CLASSES
+    from monai_rd.datasets import BTC_CLASSES
 
     rng = np.random.default_rng(2)
     root = tmp_path / "brain-tumor-mri-dataset"
@@ -171,7 +171,7 @@ def test_btc_bundle(tmp_path):
 
 
 def test_chestxray_bundle_is_multi_label_with_mean_auc(tmp_path):
-    from monai_rd.data import CHESTXRAY14_FINDINGS
+    from monai_rd.datasets import CHESTXRAY14_FINDINGS
 
     rng = np.random.default_rng(3)
     root = tmp_path / "ChestX-ray14"

@@ -55,7 +55,7 @@ def _class_folders(root):
 def test_the_documented_commands_train_evaluate_predict_and_export(tmp_path):
     commands = doc_commands()
     assert [c.split()[2] for c in commands] == [
-        "monai_rd.data.make_datalist", "monai.bundle", "monai.bundle", "monai.bundle", "monai_rd.export"
+        "monai_rd.make_datalist", "monai.bundle", "monai.bundle", "monai.bundle", "monai_rd.export"
     ]
     data, run = _class_folders(tmp_path / "class_folders"), tmp_path / "run"
     new = tmp_path / "new_images"

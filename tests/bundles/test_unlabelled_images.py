@@ -13,7 +13,7 @@ from ignite.engine import Events
 import monai.bundle
 
 from demo_subset import write_demo_subset  # tests/bundles, on sys.path under pytest
-from monai_rd.data import UNLABELLED
+from monai_rd.utils.constants import UNLABELLED
 from monai_rd.errors import DataCheckError, find_rd_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

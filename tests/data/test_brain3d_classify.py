@@ -5,8 +5,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_rd.data.brain3d_classify import derive_brain3d_patches, patch_centre
-from monai_rd.data.brain_lobes import LOBE_CLASSES
+from demo_data.brain3d_classify import derive_brain3d_patches, patch_centre
+from demo_data.brain_lobes import LOBE_CLASSES
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHIPPED = os.path.join(REPO, "bundles", "rd_brain3d_classify", "data")
@@ -87,7 +87,7 @@ def test_bad_geometry_is_refused(tmp_path):
 @pytest.mark.skipif(not os.path.isfile(os.path.join(MRICRON, "ch2.nii.gz")), reason="needs Debian's mricron-data")
 def test_shipped_bundle_data_is_the_derivation_of_mricron_data(tmp_path):
     """Catches shipped patches or labels that differ from what the documented command derives from the atlas."""
-    from monai_rd.data.brain3d_classify import main
+    from demo_data.brain3d_classify import main
 
     main(["--out", str(tmp_path)])
     shipped = json.load(open(os.path.join(SHIPPED, "datalist.json")))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_rd.data.brain_lobes import aal_lobe_map, derive_brain_lobe_patches
+from demo_data.brain_lobes import aal_lobe_map, derive_brain_lobe_patches
 
 
 def test_aal_table_maps_codes_to_lobes(tmp_path):

@@ -5,7 +5,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_rd.data.brain_segment import SEGMENT_CLASSES, derive_brain_segment_slabs, downsample2, lobe_label_volume
+from demo_data.brain_segment import SEGMENT_CLASSES, derive_brain_segment_slabs, downsample2, lobe_label_volume
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHIPPED = {3: os.path.join(REPO, "bundles", "rd_brain_segment", "data"),
@@ -62,7 +62,7 @@ def test_slabs_split_by_hemisphere_without_shared_voxels(tmp_path):
 @pytest.mark.skipif(not os.path.isfile(os.path.join(MRICRON, "ch2.nii.gz")), reason="needs Debian's mricron-data")
 @pytest.mark.parametrize("dims", [3, 2])
 def test_shipped_bundle_data_is_the_derivation_of_mricron_data(tmp_path, dims):
-    from monai_rd.data.brain_segment import main
+    from demo_data.brain_segment import main
 
     main(["--out", str(tmp_path), "--spatial_dims", str(dims)])
     assert json.load(open(tmp_path / "datalist.json")) == json.load(open(os.path.join(SHIPPED[dims], "datalist.json")))
@@ -76,7 +76,7 @@ def test_shipped_bundle_data_is_the_derivation_of_mricron_data(tmp_path, dims):
 def test_2d_slices_are_single_slices_of_the_3d_split_and_every_one_shows_brain(tmp_path):
     """Catches 2D items taken from the wrong slice or hemisphere, slices without any labelled brain, and a 2D
     derivation that silently keeps a slab axis."""
-    from monai_rd.data.brain_segment import SLICES_2D, SlabLayout
+    from demo_data.brain_segment import SLICES_2D, SlabLayout
 
     shape = (90, 108, 90)
     image = np.broadcast_to(np.arange(shape[2], dtype=np.float32)[None, None, :], shape).copy()  # z in the image

@@ -1,7 +1,6 @@
 import json
 import os
 import re
-import stat
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from monai_rd.data import (
     make_class_folder_datalist,
     read_groups_csv,
     split_datalist,
-    write_json_atomic,
 )
 from monai_rd.errors import DataCheckError, OptionError
 
@@ -118,22 +116,6 @@ def test_read_groups_csv(tmp_path):
     csv_path.write_text("image,group\na.jpg,p1\na.jpg,p2\n")
     with pytest.raises(DataCheckError, match=r"line 3: 'a.jpg' is in groups 'p1' and 'p2'"):
         read_groups_csv(str(csv_path))
-
-
-@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
-def test_write_json_atomic_honours_the_umask_and_keeps_an_existing_mode(tmp_path, umask):
-    path = tmp_path / "sub" / "m.json"
-    old = os.umask(umask)
-    try:
-        write_json_atomic({"a": 1}, str(path))
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
-    assert json.load(open(path)) == {"a": 1}
-    os.chmod(path, 0o640)
-    write_json_atomic({"a": 2}, str(path))  # a rewrite keeps the file's mode, as open(path, "w") does
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640 and json.load(open(path)) == {"a": 2}
-    assert os.listdir(path.parent) == ["m.json"]  # no temporary file left
 
 
 def test_malformed_saved_datalist_is_named_with_its_position(tmp_path):

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from pydicom.data import get_testdata_file
 
-from monai_rd.data.make_datalist import datalist_class_names, load_or_make_datalist, main, make_datalist
+from monai_rd.make_datalist import datalist_class_names, load_or_make_datalist, main, make_datalist
 from monai_rd.errors import DataCheckError, OutputFolderError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

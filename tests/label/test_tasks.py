@@ -147,7 +147,7 @@ def test_the_train_task_sets_the_rd_recipe_options(datastore, tmp_path):
 
 
 def test_a_multi_label_bundle_answers_sigmoid_scores_and_every_class_above_one_half(tmp_path):
-    from monai_rd.data import CHESTXRAY14_FINDINGS
+    from monai_rd.datasets import CHESTXRAY14_FINDINGS
     from monai_rd.label import RDClassifyInferTask
 
     bundle = os.path.join(REPO, "bundles", "rd_chestxray")

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_rd.data.unlabelled import UNLABELLED
+from monai_rd.utils.constants import UNLABELLED
 from monai_rd.losses import CKALoss, DistillKLLoss, RDLoss
 
 

@@ -19,7 +19,8 @@ from monai.transforms import Compose, LoadImage, LoadImaged, Resized
 from monai_rd.data import convert_to_displayed_mode
 from monai_rd.data.dicom_reader import apply_modality_lut  # pydicom's, from where pydicom 3 or 2.4 keeps it
 from monai_rd.errors import DataCheckError, OptionError
-from monai_rd.transforms import LoadImage2D, LoadImage2Dd, is_dicom_file
+from monai_rd.data.dicom_reader import is_dicom_file
+from monai_rd.transforms import LoadImage2D, LoadImage2Dd
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_PNGS = sorted(glob.glob(os.path.join(REPO, "bundles", "rd_demo", "data", "*", "*.png")))

@@ -11,10 +11,8 @@ mis-shaped key raises an error naming the keys, never a silent fallback to other
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from monai_rd.errors import MonaiRDError
+from monai_rd.utils.files import atomic_path, file_sha256
 
 __all__ = [
     "CheckpointKeyError",
@@ -35,7 +34,6 @@ __all__ = [
     "read_state_dict",
     "resolve_weights",
     "select_prefix",
-    "sha256sum",
 ]
 
 _MAX_KEYS_SHOWN = 20
@@ -59,23 +57,6 @@ def cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def sha256sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file (read in chunks).
-
-    Args:
-        path: file to hash.
-        chunk_size: bytes read per chunk.
-
-    Returns:
-        Lower-case hex digest.
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_sha256(path: str | os.PathLike, expected: str | None) -> None:
     """Verify a file's SHA-256 when an expected digest is given.
 
@@ -92,7 +73,7 @@ def check_sha256(path: str | os.PathLike, expected: str | None) -> None:
     expected = expected.strip().lower()
     if len(expected) < 8:
         raise ValueError(f"sha256 {expected!r} is too short; give at least 8 hex characters.")
-    actual = sha256sum(path)
+    actual = file_sha256(path)
     if not actual.startswith(expected):
         raise RuntimeError(
             f"SHA-256 mismatch for {path}: expected {expected}, got {actual}. "
@@ -123,15 +104,8 @@ def checked_file(path: str | os.PathLike, *, name: str, sha256: str | None = Non
 
 
 def _download_url(url: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
-    os.close(fd)
-    try:
+    with atomic_path(target, suffix=".partial") as tmp:
         torch.hub.download_url_to_file(url, tmp, progress=False)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def resolve_weights(

@@ -7,8 +7,9 @@ import csv
 import os
 
 from monai_rd.data.datalist import save_datalist
+from monai_rd.datasets.spec import DatasetSpec
 
-__all__ = ["ISIC2018_CLASSES", "ISIC2018_SPLIT_NAMES", "isic2018_datalist", "read_isic2018_ground_truth"]
+__all__ = ["ISIC2018_SPEC", "ISIC2018_CLASSES", "ISIC2018_SPLIT_NAMES", "isic2018_datalist", "read_isic2018_ground_truth"]
 
 ISIC2018_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 # datalist split -> the name ISIC uses in its folder and file names
@@ -23,10 +24,8 @@ ISIC2018_LAYOUT = """expected layout (the official ISIC 2018 Task 3 downloads, e
   {root}/ISIC2018_Task3_Test_GroundTruth/ISIC2018_Task3_Test_GroundTruth.csv
 Each CSV has the columns image,MEL,NV,BCC,AKIEC,BKL,DF,VASC (one-hot). Download all six 'Task 3' zips from
 https://challenge.isic-archive.com/data/#2018 and pass --dataset_dir <the folder holding them>."""
+ISIC2018_SPEC = DatasetSpec("ISIC 2018", ISIC2018_CLASSES, ISIC2018_LAYOUT)
 
-
-def _layout(root: str) -> str:
-    return ISIC2018_LAYOUT.format(root=root)
 
 
 def read_isic2018_ground_truth(csv_path: str, classes=ISIC2018_CLASSES) -> list[tuple[str, int]]:
@@ -94,7 +93,7 @@ def isic2018_datalist(
     """
     root = os.path.abspath(dataset_dir)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"ISIC 2018 not found: {dataset_dir!r} does not exist.\n{_layout(dataset_dir)}")
+        raise ISIC2018_SPEC.not_found(dataset_dir)
     out: dict[str, list[dict]] = {}
     for split, name in ISIC2018_SPLIT_NAMES.items():
         in_dir = os.path.join(root, f"ISIC2018_Task3_{name}_Input")
@@ -103,18 +102,17 @@ def isic2018_datalist(
             exists = os.path.isdir(path) if kind == "folder" else os.path.isfile(path)
             if not exists:
                 found = sorted(os.listdir(root))[:20]
-                raise FileNotFoundError(
-                    f"ISIC 2018 {split} {kind} {path!r} is missing (found in {root}: {found}).\n{_layout(dataset_dir)}"
-                )
+                raise ISIC2018_SPEC.missing(f"ISIC 2018 {split} {kind} {path!r} is missing (found in {root}: {found}).", dataset_dir)
         items = [
             {"image": os.path.join(in_dir, image_id + image_ext), "label": label}
             for image_id, label in read_isic2018_ground_truth(gt_csv)
         ]
         missing = [it["image"] for it in items if not os.path.isfile(it["image"])]
         if missing:
-            raise FileNotFoundError(
+            raise ISIC2018_SPEC.missing(
                 f"{len(missing)} of {len(items)} images listed in {gt_csv} are missing, first: {missing[0]}. "
-                f"Unpack ISIC2018_Task3_{name}_Input.zip completely.\n{_layout(dataset_dir)}"
+                f"Unpack ISIC2018_Task3_{name}_Input.zip completely.",
+                dataset_dir,
             )
         out[split] = sorted(items, key=lambda it: it["image"])
     if datalist_json:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from monai_rd.data import ISIC2018_CLASSES, isic2018_datalist
+from monai_rd.datasets import ISIC2018_CLASSES, isic2018_datalist
 
 SPLITS = {"training": "Training", "validation": "Validation", "test": "Test"}
 

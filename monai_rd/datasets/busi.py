@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from monai_rd.data.datalist import make_class_folder_datalist
+from monai_rd.datasets.spec import DatasetSpec
 
-__all__ = ["BUSI_CLASSES", "busi_datalist"]
+__all__ = ["BUSI_CLASSES", "BUSI_SPEC", "busi_datalist"]
 
 BUSI_CLASSES = ("benign", "malignant", "normal")
-BUSI_MISSING = (
-    "BUSI not found at {dataset_dir!r}. Download 'Dataset_BUSI_with_GT' (Al-Dhabyani et al. 2020, "
-    "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset), unpack it so that {dataset_dir}/benign, /malignant and "
-    "/normal hold the PNGs, and pass --dataset_dir <that folder>. To try RD without downloading anything, run the "
-    "offline demo: python -m monai.bundle run --config_file bundles/rd_demo/configs/train.json"
-)
+BUSI_LAYOUT = """expected layout ('Dataset_BUSI_with_GT', Al-Dhabyani et al. 2020, unpacked):
+  {root}/benign/*.png, {root}/malignant/*.png, {root}/normal/*.png   (the *_mask* files are left out)
+Download it from https://scholar.cu.edu.eg/?q=afahmy/pages/dataset and pass --dataset_dir <that folder>.
+To try RD without downloading anything, run the offline demo:
+  python -m monai.bundle run --config_file bundles/rd_demo/configs/train.json"""
+BUSI_SPEC = DatasetSpec("BUSI", BUSI_CLASSES, BUSI_LAYOUT)
 
 
 def busi_datalist(
@@ -41,5 +42,5 @@ def busi_datalist(
         test_fraction=test_fraction,
         seed=seed,
         exclude=("*_mask*",),
-        missing_message=BUSI_MISSING.format(dataset_dir=dataset_dir),
+        missing_message=str(BUSI_SPEC.not_found(dataset_dir)),
     )

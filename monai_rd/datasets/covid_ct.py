@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 
-from monai_rd.data.datalist import SPLITS, read_split_file, save_datalist
+from monai_rd.data.datalist import read_split_file, save_datalist
+from monai_rd.datasets.spec import DatasetSpec
+from monai_rd.utils.constants import SPLITS
 
-__all__ = ["COVID_CT_CLASSES", "covid_ct_datalist", "read_split_file"]
+__all__ = ["COVID_CT_SPEC", "COVID_CT_CLASSES", "covid_ct_datalist", "read_split_file"]
 
 # label order of the official data loader (CovidCTDataset: classes = ['CT_COVID', 'CT_NonCOVID'])
 COVID_CT_CLASSES = ("CT_COVID", "CT_NonCOVID")
@@ -23,10 +25,8 @@ COVID_CT_LAYOUT = """expected layout (a clone of https://github.com/UCSD-AI4H/CO
 Each split file lists one image file name per line. Get it with
   git clone https://github.com/UCSD-AI4H/COVID-CT && cd COVID-CT/Images-processed && unzip CT_COVID.zip && unzip CT_NonCOVID.zip
 and pass --dataset_dir <the COVID-CT folder>."""
+COVID_CT_SPEC = DatasetSpec("COVID-CT", COVID_CT_CLASSES, COVID_CT_LAYOUT)
 
-
-def _layout(root: str) -> str:
-    return COVID_CT_LAYOUT.format(root=root)
 
 
 def covid_ct_datalist(dataset_dir: str, datalist_json: str | None = None, seed: int = 0) -> dict[str, list[dict]]:
@@ -51,7 +51,7 @@ def covid_ct_datalist(dataset_dir: str, datalist_json: str | None = None, seed: 
     """
     root = os.path.abspath(dataset_dir)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"COVID-CT not found: {dataset_dir!r} does not exist.\n{_layout(dataset_dir)}")
+        raise COVID_CT_SPEC.not_found(dataset_dir)
     images_dir = os.path.join(root, "Images-processed")
     for cls in COVID_CT_CLASSES:
         folder = os.path.join(images_dir, cls)
@@ -61,7 +61,7 @@ def covid_ct_datalist(dataset_dir: str, datalist_json: str | None = None, seed: 
                 if os.path.isfile(folder + ".zip")
                 else ""
             )
-            raise FileNotFoundError(f"COVID-CT image folder {folder!r} is missing.{hint}\n{_layout(dataset_dir)}")
+            raise COVID_CT_SPEC.missing(f"COVID-CT image folder {folder!r} is missing.{hint}", dataset_dir)
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     seen: dict[str, str] = {}
     for label, cls in enumerate(COVID_CT_CLASSES):
@@ -69,7 +69,7 @@ def covid_ct_datalist(dataset_dir: str, datalist_json: str | None = None, seed: 
         for split in SPLITS:
             txt = os.path.join(root, "Data-split", sub, f"{_SPLIT_PREFIX[split]}{suffix}.txt")
             if not os.path.isfile(txt):
-                raise FileNotFoundError(f"COVID-CT split file {txt!r} is missing.\n{_layout(dataset_dir)}")
+                raise COVID_CT_SPEC.missing(f"COVID-CT split file {txt!r} is missing.", dataset_dir)
             for name in read_split_file(txt):
                 path = os.path.join(images_dir, cls, name)
                 if path in seen:
@@ -78,9 +78,8 @@ def covid_ct_datalist(dataset_dir: str, datalist_json: str | None = None, seed: 
                 out[split].append({"image": path, "label": label})
     missing = [it["image"] for s in SPLITS for it in out[s] if not os.path.isfile(it["image"])]
     if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} images listed in the COVID-CT split files are missing, first: {missing[0]}.\n"
-            f"{_layout(dataset_dir)}"
+        raise COVID_CT_SPEC.missing(
+            f"{len(missing)} images listed in the COVID-CT split files are missing, first: {missing[0]}.", dataset_dir
         )
     for s in SPLITS:
         out[s].sort(key=lambda it: it["image"])

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_rd.data.decathlon import decathlon_datalist
+from monai_rd.datasets.decathlon import decathlon_datalist
 from monai_rd.errors import OptionError
 
 TASK = "Task09_Spleen"

@@ -7,7 +7,7 @@ AAL atlas: Tzourio-Mazoyer et al. 2002).
 
 Labels: 0 background (outside the brain and the AAL regions outside the five lobes: central, limbic/insula and
 subcortical regions), 1 cerebellum, 2 frontal, 3 occipital, 4 parietal, 5 temporal (the AAL region code's first digit,
-:data:`~monai_rd.data.brain_lobes.AAL_LOBES`).
+:data:`~demo_data.brain_lobes.AAL_LOBES`).
 
 Split without spatial leakage: the brain has one subject, so the split is by place. The volume (1 mm, RAS) is
 block-averaged to 2 mm; the left hemisphere (x < -1 mm) gives the training slabs and the right hemisphere
@@ -20,8 +20,8 @@ training never sees the right hemisphere, and validation and test slabs are one 
 "slabs" (:data:`SLICES_2D`), each saved as a 2D NIfTI image (X, Y) of one axial slice; right slices again alternate
 test/validation, one slice (2 mm) apart.
 
-Run ``python -m monai_rd.data.brain_segment --out bundles/rd_brain_segment/data`` (3D) or
-``python -m monai_rd.data.brain_segment --out bundles/rd_brain_segment_2d/data --spatial_dims 2`` to regenerate.
+Run ``python -m demo_data.brain_segment --out bundles/rd_brain_segment/data`` (3D) or
+``python -m demo_data.brain_segment --out bundles/rd_brain_segment_2d/data --spatial_dims 2`` to regenerate.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monai_rd.data.brain_lobes import LOBE_CLASSES, MRICRON_DIR, load_colin27_aal, mricron_arg_parser
+from demo_data.brain_lobes import LOBE_CLASSES, MRICRON_DIR, load_colin27_aal, mricron_arg_parser
 
 __all__ = [
     "SEGMENT_CLASSES",
@@ -132,7 +132,7 @@ def lobe_label_volume(atlas: np.ndarray, lobe_of_label: Mapping[int, str]) -> np
 
     Args:
         atlas: AAL label volume.
-        lobe_of_label: AAL value -> lobe name (:func:`~monai_rd.data.brain_lobes.aal_lobe_map`).
+        lobe_of_label: AAL value -> lobe name (:func:`~demo_data.brain_lobes.aal_lobe_map`).
 
     Returns:
         uint8 volume of the atlas' shape.
@@ -230,7 +230,7 @@ def load_lobe_volume_2mm(mricron_dir: str = MRICRON_DIR) -> tuple[np.ndarray, np
         ``(image, labels)``: (X, Y, Z) float32 block-mean MRI and uint8 lobe labels (:data:`SEGMENT_CLASSES`).
 
     Raises:
-        FileNotFoundError: a file is missing (see :func:`~monai_rd.data.brain_lobes.load_colin27_aal`).
+        FileNotFoundError: a file is missing (see :func:`~demo_data.brain_lobes.load_colin27_aal`).
     """
     image, atlas, lobe_of_label = load_colin27_aal(mricron_dir)
     return downsample2(image, lobe_label_volume(atlas, lobe_of_label))

@@ -5,7 +5,7 @@ Source: Debian's ``mricron-data`` package (``/usr/share/mricron/templates/ch2.ni
 MRIcron, Copyright 2006-2010 Chris Rorden, BSD-3-Clause; Colin27 template: Holmes et al. 1998; AAL atlas:
 Tzourio-Mazoyer et al. 2002).
 
-Run ``python -m monai_rd.data.brain_lobes --out bundles/rd_demo/data`` to regenerate.
+Run ``python -m demo_data.brain_lobes --out bundles/rd_demo/data`` to regenerate.
 """
 
 from __future__ import annotations

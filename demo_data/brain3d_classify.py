@@ -4,19 +4,19 @@ the brain lobe (AAL atlas) at its centre voxel, written as NIfTI files plus a sa
 Source: Debian's ``mricron-data`` package (``/usr/share/mricron/templates/ch2.nii.gz``, ``aal.nii.gz`` and
 ``aal.nii.txt``; MRIcron, Copyright 2006-2010 Chris Rorden, BSD-3-Clause; Colin27 template: Holmes et al. 1998;
 AAL atlas: Tzourio-Mazoyer et al. 2002). The volume is reduced to 2 mm lobe labels exactly as for the segmentation
-demo (:func:`~monai_rd.data.brain_segment.load_lobe_volume_2mm`).
+demo (:func:`~demo_data.brain_segment.load_lobe_volume_2mm`).
 
-Classes: :data:`~monai_rd.data.brain_lobes.LOBE_CLASSES` (cerebellum, frontal, occipital, parietal, temporal), the
+Classes: :data:`~demo_data.brain_lobes.LOBE_CLASSES` (cerebellum, frontal, occipital, parietal, temporal), the
 lobe of the voxel that sits at index ``patch // 2`` on every axis of the stored patch.
 
 Split without spatial leakage (one subject, so the split is by place, with the segmentation demo's
-:class:`~monai_rd.data.brain_segment.SlabLayout`): the
+:class:`~demo_data.brain_segment.SlabLayout`): the
 left hemisphere (x < -1 mm) gives the training patches and the right hemisphere (x > +1 mm, mirrored to the left's
 orientation) the validation and test patches; each hemisphere is cut into ``num_slabs`` axial slabs of ``slab``
 slices, one slice apart, and every patch lies wholly inside one slab of one hemisphere. Right slabs alternate
 between test (even) and validation (odd). Patches of one slab overlap each other, but no voxel is in two splits.
 
-Run ``python -m monai_rd.data.brain3d_classify --out bundles/rd_brain3d_classify/data`` to regenerate.
+Run ``python -m demo_data.brain3d_classify --out bundles/rd_brain3d_classify/data`` to regenerate.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from monai_rd.data.brain_lobes import LOBE_CLASSES, mricron_arg_parser
-from monai_rd.data.brain_segment import SEGMENT_CLASSES, SlabLayout, load_lobe_volume_2mm, window_uint8
+from demo_data.brain_lobes import LOBE_CLASSES, mricron_arg_parser
+from demo_data.brain_segment import SEGMENT_CLASSES, SlabLayout, load_lobe_volume_2mm, window_uint8
 
 __all__ = ["derive_brain3d_patches", "patch_centre"]
 
@@ -73,7 +73,7 @@ def derive_brain3d_patches(
         patch: patch side in voxels (even).
         stride: spacing of candidate centres on each axis.
         max_per_class_slab: at most this many patches per lobe and slab, chosen at random (balances classes).
-        layout: the slabs of :func:`~monai_rd.data.brain_segment.derive_brain_segment_slabs` (``slab`` and ``width``
+        layout: the slabs of :func:`~demo_data.brain_segment.derive_brain_segment_slabs` (``slab`` and ``width``
             at least ``patch``); right patches are stored mirrored.
         spacing: voxel size in mm, written in the NIfTI headers.
         seed: RNG seed for choosing among candidates.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_rd.data import BUSI_CLASSES, busi_datalist
+from monai_rd.datasets import BUSI_CLASSES, busi_datalist
 
 
 def test_busi_layout_masks_excluded_and_split_stratified(tmp_path):

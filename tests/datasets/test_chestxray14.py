@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from monai_rd.data import CHESTXRAY14_FINDINGS, chestxray14_datalist
-from monai_rd.data.chestxray14 import parse_finding_labels
+from monai_rd.datasets import CHESTXRAY14_FINDINGS, chestxray14_datalist
+from monai_rd.datasets.chestxray14 import parse_finding_labels
 
 HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
           "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]", ""]

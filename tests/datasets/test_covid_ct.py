@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from monai_rd.data import COVID_CT_CLASSES, covid_ct_datalist
+from monai_rd.datasets import COVID_CT_CLASSES, covid_ct_datalist
 
 COUNTS = {"train": 3, "val": 2, "test": 1}
 

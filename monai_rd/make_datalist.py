@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m monai_rd.data.make_datalist <folder of class sub-folders | table.csv | table.json> --out datalist.json \\
+    python -m monai_rd.make_datalist <folder of class sub-folders | table.csv | table.json> --out datalist.json \\
         [--val 0.15 --test 0.15 --seed 0 --classes a b c --exclude '*.txt' --overwrite]
 
 - A **folder** holds one sub-folder per class (its name is the class); images (PNG/JPEG/BMP/TIFF, DICOM with or
@@ -40,16 +40,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from monai_rd.data.checks import check_datalist
-from monai_rd.data.datalist import (
-    IMAGE_EXTENSIONS,
-    SPLITS,
-    load_json,
-    load_saved_datalist,
-    split_datalist,
-    write_json_atomic,
-)
+from monai_rd.data.datalist import IMAGE_EXTENSIONS, load_json, load_saved_datalist, split_datalist
+from monai_rd.data.dicom_reader import is_dicom_file
 from monai_rd.errors import DataCheckError, OptionError, OutputFolderError
-from monai_rd.transforms.load_image_2d import LoadImage2D, is_dicom_file
+from monai_rd.transforms.load_image_2d import LoadImage2D
+from monai_rd.utils.constants import SPLITS
+from monai_rd.utils.files import write_json_atomic
 
 __all__ = [
     "datalist_class_names",
@@ -60,7 +56,7 @@ __all__ = [
     "scan_class_folders",
 ]
 
-logger = logging.getLogger("monai_rd.data.make_datalist")  # not "__main__" under `python -m`
+logger = logging.getLogger("monai_rd.make_datalist")  # not "__main__" under `python -m`
 
 SPLIT_NAMES = {"training": "training", "train": "training", "validation": "validation", "val": "validation",
                "valid": "validation", "test": "test", "testing": "test"}
@@ -379,14 +375,14 @@ def datalist_class_names(datalist_json: str | None = None, dataset_dir: str | No
         if not isinstance(classes, list) or not classes:
             raise DataCheckError(
                 f"{datalist_json} records no 'classes': pass --class_names \"['a','b',...]\" in label order, or "
-                "write the datalist with `python -m monai_rd.data.make_datalist`."
+                "write the datalist with `python -m monai_rd.make_datalist`."
             )
         return [str(c) for c in classes]
     if dataset_dir and os.path.isdir(dataset_dir):
         return scan_class_folders(dataset_dir)[1]
     raise DataCheckError(
         f"no datalist at {datalist_json} and no class folders at {dataset_dir}: pass --dataset_dir <folder of class "
-        "sub-folders>, or write the datalist first with `python -m monai_rd.data.make_datalist <folder or table> "
+        "sub-folders>, or write the datalist first with `python -m monai_rd.make_datalist <folder or table> "
         "--out <ckpt_dir>/datalist.json` (or pass its path as --datalist_json)."
     )
 
@@ -444,7 +440,7 @@ def load_or_make_datalist(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of :func:`make_datalist`; returns the exit status (1 with the reason on stderr)."""
     parser = argparse.ArgumentParser(
-        prog="python -m monai_rd.data.make_datalist",
+        prog="python -m monai_rd.make_datalist",
         description="Build, check and write a classification datalist from class folders or a CSV/JSON table.",
     )
     parser.add_argument(

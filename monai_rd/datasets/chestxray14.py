@@ -10,8 +10,9 @@ import warnings
 import numpy as np
 
 from monai_rd.data.datalist import load_saved_datalist, read_split_file, save_datalist
+from monai_rd.datasets.spec import DatasetSpec
 
-__all__ = ["CHESTXRAY14_FINDINGS", "chestxray14_datalist", "parse_finding_labels"]
+__all__ = ["CHESTXRAY14_SPEC", "CHESTXRAY14_FINDINGS", "chestxray14_datalist", "parse_finding_labels"]
 
 # the order of Wang et al. 2017 (and CheXNet)
 CHESTXRAY14_FINDINGS = (
@@ -42,10 +43,8 @@ https://www.kaggle.com/datasets/nih-chest-xrays/data):
   {root}/images/00000001_000.png ...  (the NIH tarballs images_001..012.tar.gz unpacked in place)
     or {root}/images_001/images/*.png ... images_012/images/*.png (the Kaggle layout)
 and pass --dataset_dir <that folder>."""
+CHESTXRAY14_SPEC = DatasetSpec("ChestX-ray14", CHESTXRAY14_FINDINGS, CHESTXRAY14_LAYOUT)
 
-
-def _layout(root: str) -> str:
-    return CHESTXRAY14_LAYOUT.format(root=root)
 
 
 def parse_finding_labels(text: str, findings=CHESTXRAY14_FINDINGS) -> list[float]:
@@ -152,29 +151,29 @@ def chestxray14_datalist(
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
     root = os.path.abspath(dataset_dir)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"ChestX-ray14 not found: {dataset_dir!r} does not exist.\n{_layout(dataset_dir)}")
+        raise CHESTXRAY14_SPEC.not_found(dataset_dir)
     meta = {"findings": list(CHESTXRAY14_FINDINGS), "seed": seed, "val_fraction": val_fraction}
     if datalist_json and os.path.isfile(datalist_json):
         return load_saved_datalist(datalist_json, root, **meta)
     found = sorted(os.listdir(root))[:20]
     csv_path = next((os.path.join(root, n) for n in CSV_NAMES if os.path.isfile(os.path.join(root, n))), None)
     if csv_path is None:
-        raise FileNotFoundError(
-            f"ChestX-ray14 label file {CSV_NAMES[0]} (or {CSV_NAMES[1]}) is missing in {root} (found {found}).\n"
-            f"{_layout(dataset_dir)}"
+        raise CHESTXRAY14_SPEC.missing(
+            f"ChestX-ray14 label file {CSV_NAMES[0]} (or {CSV_NAMES[1]}) is missing in {root} (found {found}).", dataset_dir
         )
     lists = {}
     for split, name in (("train_val", "train_val_list.txt"), ("test", "test_list.txt")):
         path = os.path.join(root, name)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"ChestX-ray14 split file {path!r} is missing (found {found}).\n{_layout(dataset_dir)}")
+            raise CHESTXRAY14_SPEC.missing(f"ChestX-ray14 split file {path!r} is missing (found {found}).", dataset_dir)
         lists[split] = read_split_file(path)
     entries = _read_entries(csv_path)
     index = _image_index(root)
     if not index:
-        raise FileNotFoundError(
+        raise CHESTXRAY14_SPEC.missing(
             f"no PNG image found in {os.path.join(root, 'images')} or {os.path.join(root, 'images_*', 'images')} "
-            f"(found in {root}: {found}).\n{_layout(dataset_dir)}"
+            f"(found in {root}: {found}).",
+            dataset_dir,
         )
     splits: dict[str, tuple[list[dict], list[str]]] = {}
     for split, names in lists.items():
@@ -186,7 +185,7 @@ def chestxray14_datalist(
             first = os.path.join(root, "images", missing[0])
             msg = f"{len(missing)} of {len(names)} images of the {split} list are not on disk, first: {first}."
             if not skip_missing:
-                raise FileNotFoundError(f"{msg} Unpack all image archives, or pass skip_missing=True.\n{_layout(dataset_dir)}")
+                raise CHESTXRAY14_SPEC.missing(f"{msg} Unpack all image archives, or pass skip_missing=True.", dataset_dir)
             warnings.warn(f"{msg} Skipped (skip_missing=True).", stacklevel=2)
         kept = [n for n in names if n in index]
         splits[split] = ([{"image": index[n], "label": entries[n][0]} for n in kept], [entries[n][1] for n in kept])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_rd.data import BTC_CLASSES, btc_datalist, check_datalist
+from monai_rd.data import check_datalist
+from monai_rd.datasets import BTC_CLASSES, btc_datalist
 from monai_rd.errors import DataCheckError
 
 ABBREV = {"glioma": "gl", "meningioma": "me", "notumor": "no", "pituitary": "pi"}

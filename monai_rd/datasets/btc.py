@@ -22,8 +22,9 @@ from monai_rd.data.datalist import (
     save_datalist,
     split_datalist,
 )
+from monai_rd.datasets.spec import DatasetSpec
 
-__all__ = ["BTC_CLASSES", "btc_datalist", "load_saved_datalist", "save_datalist"]
+__all__ = ["BTC_SPEC", "BTC_CLASSES", "btc_datalist", "load_saved_datalist", "save_datalist"]
 
 BTC_CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 
@@ -33,10 +34,8 @@ BTC_LAYOUT = """expected layout (the Kaggle 'Brain Tumor MRI Dataset' by Masoud 
 Download it from https://www.kaggle.com/datasets/masoudnickparvar/brain-tumor-mri-dataset
 (kaggle datasets download -d masoudnickparvar/brain-tumor-mri-dataset && unzip brain-tumor-mri-dataset.zip)
 and pass --dataset_dir <the folder holding Training/ and Testing/>."""
+BTC_SPEC = DatasetSpec("BTC", BTC_CLASSES, BTC_LAYOUT)
 
-
-def _layout(root: str) -> str:
-    return BTC_LAYOUT.format(root=root)
 
 
 def btc_datalist(
@@ -82,7 +81,7 @@ def btc_datalist(
     # only a grouped run asks for a grouped saved split; a split by patient is still fine for a run without groups
     expected = {**meta, "split_by": "group"} if groups is not None else meta
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"BTC not found: {dataset_dir!r} does not exist.\n{_layout(dataset_dir)}")
+        raise BTC_SPEC.not_found(dataset_dir)
     if datalist_json and os.path.isfile(datalist_json):
         return load_saved_datalist(datalist_json, root, **expected)
     found = sorted(os.listdir(root))
@@ -90,11 +89,11 @@ def btc_datalist(
     for part in ("Training", "Testing"):
         folder = os.path.join(root, part)
         if not os.path.isdir(folder):
-            raise FileNotFoundError(f"BTC folder {folder!r} is missing (found in {root}: {found[:20]}).\n{_layout(dataset_dir)}")
+            raise BTC_SPEC.missing(f"BTC folder {folder!r} is missing (found in {root}: {found[:20]}).", dataset_dir)
         try:
             parts[part] = list_class_folder(folder, BTC_CLASSES)
         except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"{e}\n{_layout(dataset_dir)}") from e
+            raise type(e)(f"{e}\n{BTC_SPEC.layout_for(dataset_dir)}") from e
     if isinstance(groups, (str, os.PathLike)):
         groups = read_groups_csv(os.fspath(groups))
     out = split_datalist(parts["Training"], val_fraction=val_fraction, test_fraction=0.0, seed=seed, groups=groups)
