@@ -41,7 +41,7 @@ class DISTLoss(LogitPairLoss):
     Correlation is invariant to shifting and scaling, so the student matches the teacher's ranking and relative
     spread rather than its exact probabilities: the point of DIST for a much stronger teacher. Defaults
     ``beta = gamma = tau = 1`` are those of the authors' code (hunto/image_classification_sota ``dist_kd.py``;
-    torchdistill's ``DISTLoss`` has the same), their ImageNet setting; the ``tau^2`` factor is in that code.
+    torchdistill's ``DISTLoss`` has the same), with its ``tau^2`` factor on both terms.
     Their segmentation code (hunto/DIST_KD) uses no temperature and takes a sigmoid on request (``use_sigmoid``).
     At least one CIFAR-100 port (mdistiller style) uses ``beta = gamma = 2``, ``tau = 4``.
 

@@ -41,16 +41,17 @@ class DistillKLLoss(LogitPairLoss):
     sum, and the loss equals the single-label loss on the two-class logits ``(0, z)``, since
     ``sigmoid(z) = softmax((0, z))[1]``. The single-label loss is unaffected by this choice.
 
-    Logit standardisation (``logit_standardise=True``, Sun et al., CVPR 2024): both sides' logits are z-scored
-    per sample over the classes (:func:`~monai_rd.losses.standardise_logits`) before the division by ``tau``, so the student
-    matches the teacher's logit *relations*, not their range. ``tau`` is then the paper's *base* temperature
+    Logit standardisation (``logit_standardise=True``, Sun et al., CVPR 2024): both sides' logits are z-scored per
+    sample over the classes (:func:`~monai_rd.losses.standardise_logits`) before the division by ``tau``, so the
+    student matches the teacher's logit *relations*, not their range. ``tau`` is then the paper's *base* temperature
     (each sample's effective temperature is ``tau`` times its logit standard deviation) and the loss keeps the
-    ``tau^2`` factor of the base temperature, as in the authors' code. Their CIFAR-100 setting is ``tau = 2``
-    (3 for some pairs) with a KD weight of 9 (vanilla KD there: ``tau = 4``, weight 0.9): with standardised
-    logits lower ``tau`` and raise the KD weight rather than keeping the vanilla values. Multi-label has no
-    standardisation: a sigmoid's probability depends on the logit itself, so centring a sample's findings
-    over the classes would change which are present (a healthy image would turn half positive), and z-scoring
-    each class's two-logit binary distribution ``(0, z)`` keeps only the sign of ``z``.
+    ``tau^2`` factor of the base temperature, as in the authors' code. Their CIFAR-100 setting is ``tau = 2`` (3 for
+    some pairs) with a KD weight of 9 and a CE weight of 0.1 (vanilla KD there: ``tau = 4``, KD weight 0.9): with
+    standardised logits lower ``tau`` and raise the KD weight rather than keeping the vanilla values. The option is
+    off by default, so existing runs are unchanged. Multi-label has no standardisation: a sigmoid's probability
+    depends on the logit itself, so centring a sample's findings over the classes would change which are present (a
+    healthy image would turn half positive), and z-scoring each class's two-logit binary distribution ``(0, z)``
+    keeps only the sign of ``z``.
 
     Args:
         tau: softmax temperature (> 0); with ``logit_standardise`` the base temperature.
