@@ -43,9 +43,12 @@ class DenseRDLoss(RDLoss):
       ``torch.Generator`` seeded with ``seed``, so a run is reproducible; it advances every call, so each batch gets
       new positions.
 
-    ``alpha`` and ``beta`` are plain attributes, decayed by a ``ParamSchedulerHandler`` as in :class:`RDLoss`. The
-    returned dict uses :class:`RDLoss`'s keys, so RD's handlers work unchanged; here ``ce_student`` and
-    ``ce_teacher`` hold the Dice+CE task losses.
+    ``alpha`` and ``beta`` are plain attributes, decayed by a ``ParamSchedulerHandler`` as in :class:`RDLoss`.
+    ``forward`` is :class:`RDLoss`'s with dense tensors: ``student_logits`` h(f_S) and ``teacher_logits`` h(f_T)
+    (B, C, *spatial), ``target`` class indices (B, 1, *spatial) or (B, *spatial), ``student_features`` f_S
+    (B, F, *spatial_f) and ``teacher_features`` f_T (B, F_T, *spatial_f). The returned dict uses
+    :class:`RDLoss`'s keys, so RD's handlers work unchanged; here ``ce_student`` and ``ce_teacher`` hold the
+    Dice+CE task losses. Unlabelled images are not supported here (Dice+CE needs every voxel's class).
 
     Args:
         alpha: weight of the teacher-branch Dice+CE term (start value).
@@ -61,6 +64,8 @@ class DenseRDLoss(RDLoss):
         lambda_dice: weight of Dice inside each task term.
         lambda_ce: weight of CE inside each task term.
         seed: seed of the voxel-sampling generator.
+        logit_standardise: z-score both branches' voxel logits over the classes before the KD temperature
+            (Sun et al., CVPR 2024; see :class:`~monai_rd.losses.DistillKLLoss`).
 
     Raises:
         ValueError: unknown ``cka_mode``, or ``cka_num_voxels`` < 2.
@@ -86,6 +91,7 @@ class DenseRDLoss(RDLoss):
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
         seed: int = 0,
+        logit_standardise: bool = False,
     ) -> None:
         super().__init__(
             alpha=alpha,
@@ -95,6 +101,7 @@ class DenseRDLoss(RDLoss):
             detach_teacher=detach_teacher,
             cka_kernel=cka_kernel,
             cka_estimator=cka_estimator,
+            logit_standardise=logit_standardise,
         )
         if cka_mode not in _CKA_MODES:
             raise ValueError(f"cka_mode must be one of {_CKA_MODES}, got {cka_mode!r}.")
@@ -172,6 +179,25 @@ class DenseRDLoss(RDLoss):
         idx = self._positions(n).to(rows_s.device)
         return rows_t[idx], rows_s[idx]
 
+    def kd_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """The voxel-wise KD term: :attr:`kd` on the (B * N, C) voxel logits of two branches (B, C, *spatial).
+
+        Raises:
+            ValueError: the two branches' logits differ in shape.
+        """
+        student_logits, teacher_logits = _as_plain(student_logits), _as_plain(teacher_logits)
+        if student_logits.shape != teacher_logits.shape:
+            raise ValueError(
+                f"student logits {tuple(student_logits.shape)} and teacher-branch logits "
+                f"{tuple(teacher_logits.shape)} differ; both must come from the shared head at the same size."
+            )
+        return self.kd(_voxel_rows(student_logits), _voxel_rows(teacher_logits))
+
+    def cka_term(self, teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
+        """``1 - CKA`` on the rows :meth:`sample_voxels` draws from two maps (B, F, *spatial) of one size."""
+        rows_t, rows_s = self.sample_voxels(_as_plain(teacher_features), _as_plain(student_features))
+        return self.cka(rows_t, rows_s)
+
     def _positions(self, n: int) -> torch.Tensor:
         """``cka_num_voxels`` distinct positions in [0, n), from the CPU generator (the same on any device)."""
         k = self.cka_num_voxels
@@ -183,46 +209,3 @@ class DenseRDLoss(RDLoss):
             extra = torch.randint(n, (k - idx.numel(),), generator=self.generator)
             idx = torch.cat([idx, extra]).unique()
         return idx
-
-    def forward(  # type: ignore[override]
-        self,
-        student_logits: torch.Tensor,
-        target: torch.Tensor,
-        teacher_logits: torch.Tensor | None = None,
-        student_features: torch.Tensor | None = None,
-        teacher_features: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """
-        Args:
-            student_logits: h(f_S), (B, C, *spatial).
-            target: class indices, (B, 1, *spatial) or (B, *spatial).
-            teacher_logits: h(f_T), (B, C, *spatial), or None when training the student alone.
-            student_features: f_S, (B, F, *spatial_f).
-            teacher_features: f_T, (B, F_T, *spatial_f).
-
-        Returns:
-            Dict with the weighted total under ``"loss"`` and the unweighted terms under ``"ce_student"`` and
-            ``"ce_teacher"`` (Dice+CE), ``"kd"`` and ``"cka"`` (absent terms are zero).
-
-        Raises:
-            ValueError: the two branches' logits differ in shape, or the labels do not fit the logits.
-        """
-        ce_s = self.supervised(student_logits, target)
-        zero = ce_s.new_zeros(())
-        if teacher_logits is None:
-            return {"loss": ce_s, "ce_student": ce_s, "ce_teacher": zero, "kd": zero, "cka": zero}
-        student_logits, teacher_logits = _as_plain(student_logits), _as_plain(teacher_logits)
-        if student_logits.shape != teacher_logits.shape:
-            raise ValueError(
-                f"student logits {tuple(student_logits.shape)} and teacher-branch logits "
-                f"{tuple(teacher_logits.shape)} differ; both must come from the shared head at the same size."
-            )
-        ce_t = self.supervised(teacher_logits, target)
-        kd = self.kd(_voxel_rows(student_logits), _voxel_rows(teacher_logits))
-        if self.gamma != 0 and student_features is not None and teacher_features is not None:
-            rows_t, rows_s = self.sample_voxels(_as_plain(teacher_features), _as_plain(student_features))
-            cka_term = self.cka(rows_t, rows_s)
-        else:
-            cka_term = zero
-        total = ce_s + self.alpha * ce_t + self.beta * kd + self.gamma * cka_term
-        return {"loss": total, "ce_student": ce_s, "ce_teacher": ce_t, "kd": kd, "cka": cka_term}

@@ -35,6 +35,8 @@ class RDLoss(_Loss):
         cka_kernel: ``"linear"`` or ``"rbf"``.
         cka_estimator: ``"biased"`` or ``"unbiased"``.
         label_smoothing: label smoothing of the single-label CE terms.
+        logit_standardise: z-score both branches' logits per sample before the KD temperature (Sun et al.,
+            CVPR 2024; single-label only, see :class:`~monai_rd.losses.DistillKLLoss`).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class RDLoss(_Loss):
         cka_kernel: str = "linear",
         cka_estimator: str = "biased",
         label_smoothing: float = 0.0,
+        logit_standardise: bool = False,
     ) -> None:
         super().__init__()
         self.alpha = float(alpha)
@@ -55,7 +58,9 @@ class RDLoss(_Loss):
         self.gamma = float(gamma)
         self.multi_label = multi_label
         self.label_smoothing = label_smoothing
-        self.kd = DistillKLLoss(tau=tau, detach_teacher=detach_teacher, multi_label=multi_label)
+        self.kd = DistillKLLoss(
+            tau=tau, detach_teacher=detach_teacher, multi_label=multi_label, logit_standardise=logit_standardise
+        )
         self.cka = CKALoss(kernel=cka_kernel, estimator=cka_estimator)
 
     def supervised(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -100,6 +105,14 @@ class RDLoss(_Loss):
                              reduction="sum")
         return ce / (target != UNLABELLED).sum().clamp_min(1)
 
+    def kd_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """The unweighted KD term between two branches' logits (B, C): :attr:`kd`."""
+        return self.kd(student_logits, teacher_logits)
+
+    def cka_term(self, teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
+        """The unweighted ``1 - CKA`` term between two batches of features (B, ...), one row per sample."""
+        return self.cka(teacher_features, student_features)
+
     def forward(  # type: ignore[override]
         self,
         student_logits: torch.Tensor,
@@ -119,15 +132,18 @@ class RDLoss(_Loss):
         Returns:
             Dict with the weighted total under ``"loss"`` and the unweighted terms under ``"ce_student"``,
             ``"ce_teacher"``, ``"kd"`` and ``"cka"`` (absent terms are zero).
+
+        Raises:
+            ValueError: the two branches' logits differ in shape, or the labels do not fit the logits.
         """
         ce_s = self.supervised(student_logits, target)
         zero = ce_s.new_zeros(())
         if teacher_logits is None:
             return {"loss": ce_s, "ce_student": ce_s, "ce_teacher": zero, "kd": zero, "cka": zero}
+        kd = self.kd_term(student_logits, teacher_logits)  # first: it names a shape mismatch of the two branches
         ce_t = self.supervised(teacher_logits, target)
-        kd = self.kd(student_logits, teacher_logits)
         if self.gamma != 0 and student_features is not None and teacher_features is not None:
-            cka_term = self.cka(teacher_features, student_features)
+            cka_term = self.cka_term(teacher_features, student_features)
         else:
             cka_term = zero
         total = ce_s + self.alpha * ce_t + self.beta * kd + self.gamma * cka_term

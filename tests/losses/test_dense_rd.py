@@ -152,3 +152,16 @@ def test_bad_shapes_and_options_are_named():
         DenseRDLoss(cka_mode="random")
     with pytest.raises(ValueError, match="cka_num_voxels"):
         DenseRDLoss(cka_num_voxels=1)
+
+
+def test_logit_standardise_z_scores_each_voxel_over_the_classes():
+    """Catches the option not reaching the dense KD term, or a z-score over voxels instead of classes."""
+    ls, y, lt, fs, ft = _inputs(2, seed=8)
+
+    def z(x):
+        return (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+
+    got = DenseRDLoss(tau=2.0, logit_standardise=True)(ls, y, lt, fs, ft)["kd"]
+    rows_s, rows_t = z(_rows(ls.numpy())), z(_rows(lt.numpy()))
+    log_q, p = np.log(_softmax(rows_s / 2.0)), _softmax(rows_t / 2.0)
+    assert got.item() == pytest.approx((p * (np.log(p) - log_q)).sum(1).mean() * 4.0, rel=1e-5)

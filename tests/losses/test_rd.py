@@ -113,3 +113,15 @@ def test_multi_label_unlabelled_rows_are_all_minus_one():
     out = RDLoss(multi_label=True)(ls, y, lt)
     expected = F.binary_cross_entropy_with_logits(ls[[0, 2]], y[[0, 2]])
     assert out["ce_student"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_logit_standardise_reaches_the_kd_term_and_is_off_by_default():
+    """Catches the option not passed on to the KD term, or passed on as True by default."""
+    ls, y, lt, zs, zt = _inputs(5)
+    ls_kd = RDLoss(tau=2.0, logit_standardise=True)(ls, y, lt, zs, zt)["kd"]
+    assert ls_kd.item() == pytest.approx(DistillKLLoss(tau=2.0, logit_standardise=True)(ls, lt).item(), rel=1e-6)
+    assert RDLoss(tau=2.0)(ls, y, lt * 3, zs, zt)["kd"].item() == pytest.approx(
+        DistillKLLoss(tau=2.0)(ls, lt * 3).item(), rel=1e-6
+    )
+    with pytest.raises(ValueError, match="multi-label"):
+        RDLoss(multi_label=True, logit_standardise=True)
