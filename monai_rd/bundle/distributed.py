@@ -21,11 +21,12 @@ import torch
 import torch.distributed as dist
 
 from monai_rd.errors import DistributedRunError, OptionError
+from monai_rd.utils.options import epoch_length as utils_epoch_length
 from monai_rd.utils.ranks import is_distributed, on_rank0, rank, run_fingerprint, world_size
 
 __all__ = [
     "DistributedRunError",
-    "build_cache_once",
+    "epoch_length",
     "for_this_rank",
     "init_process_group",
     "is_distributed",
@@ -126,38 +127,6 @@ def shard_size(num_items: int) -> int:
     return -(-int(num_items) // n)
 
 
-def build_cache_once(cache: Any, data: Sequence[Mapping]) -> Any:
-    """Build a :class:`~monai_rd.data.TeacherFeatureCache` with the teacher run over each image once in all.
-
-    Rank 0 builds it. With ``cache_dir`` the others then build from the same folder, which finds every item in
-    rank 0's shard and runs no teacher (the usual key checks: path, content hash, teacher, transforms); a
-    ``cache_dir`` that other machines do not share makes their ranks compute the features themselves, with a
-    warning. In memory, rank 0 sends its rows (a pickled copy) and the others adopt them.
-
-    Args:
-        cache: the bundle's teacher-feature cache.
-        data: the training datalist.
-
-    Returns:
-        ``cache``, built.
-
-    Raises:
-        Exception: rank 0's build error, on every rank.
-    """
-    if not is_distributed():
-        return cache.build(data)
-    if cache.cache_dir:
-        on_rank0(cache.build, data)
-        misses = cache.misses
-        cache.build(data)
-        if dist.get_rank() != 0 and cache.misses > misses:
-            logger.warning(
-                "rank %d: the teacher-feature cache in %s did not hold rank 0's build, so this rank ran the teacher "
-                "itself; on several machines put --cache_dir on storage every machine sees, or leave it unset (rank 0 "
-                "then sends its in-memory cache).", dist.get_rank(), cache.cache_dir,
-            )
-        return cache
-    built = on_rank0(cache.build, data)
-    if dist.get_rank() != 0:
-        cache.adopt(built)
-    return cache
+def epoch_length(num_items: int, batch_size: int) -> int:
+    """Iterations per epoch on each rank: the rank's shard (:func:`shard_size`) in full batches."""
+    return utils_epoch_length(shard_size(num_items), batch_size)

@@ -92,6 +92,7 @@ def model_spec(
     bundle_root: str,
     spatial_dims: int = 2,
     reading: dict[str, Any] | None = None,
+    method: str = "rd",
 ) -> dict[str, Any]:
     """The spec of a model being trained.
 
@@ -105,6 +106,7 @@ def model_spec(
         spatial_dims: 2 for images, 3 for volumes.
         reading: how files were read (``frame``, ``window``, ``slice_axis``, ``slice_index``, ``projection`` of
             :class:`~monai_rd.transforms.LoadImage2D`), so inference reads new files the same way.
+        method: the training method (``--method``): what ``model.pt`` holds (a student, or a teacher's head).
 
     Returns:
         The spec, JSON-serialisable.
@@ -123,6 +125,7 @@ def model_spec(
         "bundle": os.path.basename(os.path.normpath(bundle_root)),
         "monai_rd_version": __version__,
         "monai_rd_commit": _commit(),
+        "method": str(method),
         "class_names": names,
         "image_size": int(image_size),
         "in_channels": int(in_channels),
@@ -174,7 +177,7 @@ def _segmentation_value(key: str, value: Any, spatial_dims: int) -> Any:
     return str(value)
 
 
-def segmentation_model_spec(bundle_root: str, **fields: Any) -> dict[str, Any]:
+def segmentation_model_spec(bundle_root: str, method: str = "rd", **fields: Any) -> dict[str, Any]:
     """The spec of a segmentation model being trained (the shared segmentation recipe's ``model_spec``).
 
     Args:
@@ -184,6 +187,7 @@ def segmentation_model_spec(bundle_root: str, **fields: Any) -> dict[str, Any]:
             window scaled to [0, 1]), ``axcodes`` and ``pixdim`` (orientation and voxel size in mm the inputs are
             resampled to; None: as read), ``student`` and its ``student_channels``, ``student_strides`` and
             ``student_res_units``.
+        method: the training method (``--method``).
 
     Returns:
         The spec, JSON-serialisable, with MONAI's ``network_data_format`` (one probability channel per class).
@@ -208,6 +212,7 @@ def segmentation_model_spec(bundle_root: str, **fields: Any) -> dict[str, Any]:
         "bundle": os.path.basename(os.path.normpath(bundle_root)),
         "monai_rd_version": __version__,
         "monai_rd_commit": _commit(),
+        "method": str(method),
         **values,
         "intensity": "intensity_range scaled to [0, 1] and clipped (monai.transforms.ScaleIntensityRanged)",
         "network_data_format": {
@@ -237,7 +242,8 @@ def read_model_spec(ckpt_dir: str, bundle_root: str, task: str = "classification
         ckpt_dir: the folder of ``model.pt`` and ``model_meta.json``.
         bundle_root: the bundle using the model; it must be the one that trained it.
         task: ``classification`` or ``segmentation``: the recipe reading the model.
-        options: classification: ``class_names``, ``image_size``, ``in_channels``, ``multi_label``, ``student``,
+        options: ``method`` (a model trained before monai_rd recorded its method counts as this, or ``rd``);
+            classification: ``class_names``, ``image_size``, ``in_channels``, ``multi_label``, ``student``,
             ``spatial_dims`` and the reading options (``frame``, ``window``, ...); segmentation: the
             :data:`SEGMENTATION_FIELDS`; as the user gave them (None: not given, take the model's). A given
             ``roi_size`` (the sliding window) is an inference choice: it replaces the trained one in the returned spec.
@@ -273,6 +279,14 @@ def read_model_spec(ckpt_dir: str, bundle_root: str, task: str = "classification
         raise CheckpointMismatchError(
             f"the model in {ckpt_dir} was trained with monai_rd {spec.get('monai_rd_version')}, this is {__version__}; "
             "use that version, or retrain."
+        )
+    given_method = options.pop("method", None)
+    if spec.get("method") is None:  # a model trained before monai_rd recorded its method
+        spec["method"] = str(given_method) if given_method is not None else "rd"
+    elif given_method is not None and str(given_method).strip().lower() != spec["method"]:
+        raise OptionError(
+            f"--method {given_method} contradicts the trained model's {spec['method']!r} ({path}); drop the option: "
+            "evaluation, inference and export use the model's own method."
         )
     trained_task = spec.get("task", "classification")
     if trained_task != task:

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from monai_rd.bundle.model_spec import as_class_names
+from monai_rd.bundle.model_spec import as_class_names, model_spec, segmentation_model_spec
+from monai_rd.data.checks import check_datalist
 from monai_rd.data.dicom_reader import parse_window
-from monai_rd.data.unlabelled import unlabelled_splits
+from monai_rd.data.unlabelled import training_items, unlabelled_splits
 from monai_rd.errors import OptionError
 from monai_rd.methods import MethodSpec, get_method_spec
 from monai_rd.networks.adapted_teacher import as_lora_targets
+from monai_rd.utils.constants import SPLITS
 from monai_rd.utils.options import (
     as_bool,
     as_float,
@@ -71,6 +73,8 @@ class TrainOptions:
     """
 
     task = "classification"  # the recipe these options drive: picks the method's implementation
+    #: the options by topic, as a recipe's ``options`` component lists them (see :meth:`from_groups`)
+    GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     class_names: Any = None
     seed: Any = 0
@@ -102,6 +106,24 @@ class TrainOptions:
     cache_dtype: Any = "float16"
     teacher_name: Any = None
 
+    @classmethod
+    def from_groups(cls, **groups: Mapping[str, Any]) -> TrainOptions:
+        """Build from the options listed by topic (:attr:`GROUPS`), as a bundle's ``train.json`` gives them.
+
+        Raises:
+            ValueError: a group or an option that :attr:`GROUPS` does not list, or an option missing.
+        """
+        values: dict[str, Any] = {}
+        for group, options in groups.items():
+            expected = cls.GROUPS.get(group)
+            if expected is None or set(options) - set(expected):
+                raise ValueError(f"{cls.__name__}: unknown option group {group!r} or options {sorted(options)}.")
+            values.update(options)
+        missing = {f.name for f in dataclasses.fields(cls)} - set(values)
+        if missing:
+            raise ValueError(f"{cls.__name__}: the recipe does not give the options {sorted(missing)}.")
+        return cls(**values)
+
     def __post_init__(self) -> None:
         self.class_names = as_class_names(self.class_names)
         self.seed = as_int(self.seed, "seed", min_value=0)
@@ -120,13 +142,11 @@ class TrainOptions:
         self.phi_blocks = as_int(self.phi_blocks, "phi_blocks", min_value=0)
         self.phi_block = str(self.phi_block)
         self.phi_hidden = as_optional_int(self.phi_hidden, "phi_hidden", min_value=1)
-        self.gamma = self.spec.fixed_or("gamma", lambda: as_float(self.gamma, "gamma", min_value=0.0))
+        self.gamma = self.spec.option("gamma", as_float(self.gamma, "gamma", min_value=0.0))
         self.tau = as_float(self.tau, "tau", positive=True)
-        self.alpha_start = self.spec.fixed_or("alpha", lambda: as_float(self.alpha_start, "alpha_start", min_value=0.0))
+        self.alpha_start = self.spec.option("alpha", as_float(self.alpha_start, "alpha_start", min_value=0.0))
         self.beta_start = as_float(self.beta_start, "beta_start", min_value=0.0)
-        self.alpha_end = self.spec.fixed_or(
-            "alpha", lambda: as_optional_float(self.alpha_end, "alpha_end", min_value=0.0)
-        )
+        self.alpha_end = self.spec.option("alpha", as_optional_float(self.alpha_end, "alpha_end", min_value=0.0))
         self.beta_end = as_optional_float(self.beta_end, "beta_end", min_value=0.0)
         self.detach_teacher = as_bool(self.detach_teacher, "detach_teacher")
         self.grad_clip_norm = as_optional_float(self.grad_clip_norm, "grad_clip_norm", positive=True)
@@ -137,6 +157,15 @@ class TrainOptions:
     def num_classes(self) -> int:
         """Outputs of the model: one per class name (background included for segmentation)."""
         return len(self.class_names)
+
+    @property
+    def metric_class_names(self) -> list[str]:
+        """The class names per-class metrics are reported for (segmentation leaves the background out)."""
+        return list(self.class_names)
+
+    def describe(self, split: str) -> dict[str, Any]:
+        """What a metrics file records about the run besides its metrics."""
+        return {"split": split, "method": self.method, "distill": self.distill, "student": self.student}
 
     @property
     def uses_teacher(self) -> bool:
@@ -165,6 +194,14 @@ class TrainOptions:
         """Whether the datalist's unlabelled images are trained on (only a method with a teacher learns from them)."""
         return False
 
+    def training_items(self, datalist: Mapping[str, Sequence[Mapping]]) -> list[dict]:
+        """The items the student trains on: the labelled training split (and, when used, the unlabelled images)."""
+        return [dict(it) for it in datalist["training"]]
+
+    def model_spec(self, bundle_root: str) -> dict[str, Any]:
+        """The trained model's description (``models/model_meta.json``; :mod:`monai_rd.bundle.model_spec`)."""
+        raise NotImplementedError
+
     def fingerprint(self, epoch_length: int, training_data: str, datalist: Mapping) -> dict[str, Any]:
         """What a checkpoint must have been trained with to be resumed by this run (compared by the run folder).
 
@@ -185,6 +222,27 @@ class ClassificationOptions(TrainOptions):
     epochs, LoRA), unlabelled images and the cache's views, and the teacher-branch metrics.
     """
 
+    GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "data": ("class_names", "image_size", "in_channels"),
+        "layout": ("spatial_dims", "multi_label", "unlabelled"),
+        "reading": ("frame", "window", "slice_axis"),
+        "slice": ("slice_index", "projection"),
+        "training": ("seed", "epochs", "batch_size", "num_workers"),
+        "optimizer": ("lr", "weight_decay", "grad_clip_norm", "amp"),
+        "run": ("resume", "overwrite"),
+        "student": ("student", "student_pretrained"),
+        "method": ("method", "distill", "distill_weight"),
+        "stages": ("direct_epochs", "teacher_epochs", "teacher_lr"),
+        "lora": ("lora_rank", "lora_alpha", "lora_targets"),
+        "teacher": ("teacher_name", "cache_teacher", "cache_dtype"),
+        "cache": ("cache_views", "teacher_branch_metrics"),
+        "phi": ("phi_blocks", "phi_block", "phi_hidden"),
+        "loss": ("gamma", "tau", "detach_teacher"),
+        "weights": ("alpha_start", "beta_start"),
+        "weight_ends": ("alpha_end", "beta_end"),
+    }
+
+    teacher_name: Any = "efficientnet-lite0"
     image_size: Any = 224
     multi_label: Any = False
     distill_weight: Any = None
@@ -250,6 +308,29 @@ class ClassificationOptions(TrainOptions):
             "projection": self.projection,
         }
 
+    def training_items(self, datalist: Mapping[str, Sequence[Mapping]]) -> list[dict]:  # noqa: D102
+        return training_items(datalist, self.uses_unlabelled, self.num_classes, multi_label=self.multi_label)
+
+    def check_datalist(self, datalist: Mapping, loader: Any, splits: Sequence[str] = SPLITS) -> None:
+        """Read every file of the datalist once and report every problem together (:func:`~monai_rd.data.check_datalist`).
+
+        Args:
+            datalist: the run's datalist.
+            loader: the bundle's image loader (``@image_load.loader``), so files are read as training reads them.
+            splits: the labelled splits to check.
+        """
+        check_datalist(
+            datalist, self.class_names, multi_label=self.multi_label, loader=loader, splits=splits,
+            unlabelled_splits=unlabelled_splits(datalist, self.uses_unlabelled),
+        )
+
+    def model_spec(self, bundle_root: str) -> dict[str, Any]:  # noqa: D102
+        return model_spec(
+            class_names=self.class_names, image_size=self.image_size, in_channels=self.in_channels,
+            multi_label=self.multi_label, student=self.student, bundle_root=bundle_root,
+            spatial_dims=self.spatial_dims, reading=self.reading, method=self.method,
+        )
+
     def fingerprint(self, epoch_length: int, training_data: str, datalist: Mapping) -> dict[str, Any]:  # noqa: D102
         spec = self.spec
         alpha_end, beta_end = self.loss_weight_ends(datalist)
@@ -294,7 +375,37 @@ class SegmentationOptions(TrainOptions):
 
     task = "segmentation"
 
+    GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "data": ("class_names", "in_channels", "spatial_dims"),
+        "window": ("roi_size", "intensity_range", "crop_foreground"),
+        "grid": ("axcodes", "pixdim"),
+        "training": ("seed", "epochs", "batch_size", "num_workers"),
+        "optimizer": ("lr", "weight_decay", "grad_clip_norm", "amp"),
+        "run": ("resume", "overwrite", "method", "distill"),
+        "student": ("student", "student_channels"),
+        "unet": ("student_strides", "student_res_units"),
+        "teacher": ("teacher_name", "cache_teacher", "cache_dtype"),
+        "teacher_input": ("teacher_input_size",),
+        "phi": ("phi_blocks", "phi_block", "phi_hidden"),
+        "loss": ("gamma", "tau", "detach_teacher"),
+        "cka": ("cka_mode", "cka_num_voxels"),
+        "weights": ("alpha_start", "beta_start"),
+        "weight_ends": ("alpha_end", "beta_end"),
+    }
+
     spatial_dims: Any = 3
+    epochs: Any = 100
+    batch_size: Any = 2
+    num_workers: Any = 0
+    lr: Any = 0.003
+    weight_decay: Any = 0.0001
+    student: Any = "unet"
+    phi_blocks: Any = 1
+    phi_block: Any = "basic"
+    phi_hidden: Any = 64
+    alpha_end: Any = 0.0
+    beta_end: Any = 0.0
+    teacher_name: Any = "astra-i3d-r152"
     roi_size: Any = (96, 96, 96)
     intensity_range: Any = (0.0, 255.0)
     axcodes: Any = None
@@ -303,7 +414,7 @@ class SegmentationOptions(TrainOptions):
     student_channels: Any = (16, 32, 64, 128)
     student_strides: Any = (2, 2, 2)
     student_res_units: Any = 1
-    teacher_input_size: Any = None
+    teacher_input_size: Any = (224, 224, 160)
     cka_mode: Any = "voxels"
     cka_num_voxels: Any = 1024
 
@@ -319,11 +430,24 @@ class SegmentationOptions(TrainOptions):
         self.pixdim = as_optional_float_list(self.pixdim, "pixdim", length=self.spatial_dims, positive=True)
         self.student_channels = as_int_list(self.student_channels, "student_channels", min_value=1)
         self.student_strides = as_int_list(self.student_strides, "student_strides", min_value=1)
+        self.teacher_input_size = as_int_list(self.teacher_input_size, "teacher_input_size", min_value=1)
         self.cka_mode = str(self.cka_mode)
         self.cka_num_voxels = as_int(self.cka_num_voxels, "cka_num_voxels", min_value=2)
-        # the segmentation schedule's end values are set (0 by default), not derived from unlabelled images
-        self.alpha_end = 0.0 if self.alpha_end is None else self.alpha_end
-        self.beta_end = 0.0 if self.beta_end is None else self.beta_end
+        # the segmentation schedule's end values are set, not derived from unlabelled images
+        if self.alpha_end is None or self.beta_end is None:
+            raise OptionError("--alpha_end and --beta_end must be numbers >= 0 for segmentation (default 0).")
+
+    @property
+    def metric_class_names(self) -> list[str]:  # noqa: D102
+        return list(self.class_names)[1:]
+
+    def model_spec(self, bundle_root: str) -> dict[str, Any]:  # noqa: D102
+        return segmentation_model_spec(
+            bundle_root, class_names=self.class_names, spatial_dims=self.spatial_dims, in_channels=self.in_channels,
+            roi_size=self.roi_size, intensity_range=self.intensity_range, axcodes=self.axcodes, pixdim=self.pixdim,
+            student=self.student, student_channels=self.student_channels, student_strides=self.student_strides,
+            student_res_units=self.student_res_units, method=self.method,
+        )
 
     def fingerprint(self, epoch_length: int, training_data: str, datalist: Mapping) -> dict[str, Any]:  # noqa: D102
         return dict(

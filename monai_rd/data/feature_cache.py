@@ -26,8 +26,10 @@ from monai.transforms import MapTransform, Randomizable
 from monai.utils import set_determinism
 from monai_rd.errors import OptionError
 from monai_rd.utils.files import file_sha256, write_json_atomic
+from monai_rd.utils.ranks import is_distributed, on_rank0, rank
 
 __all__ = [
+    "build_cache_once",
     "TeacherFeatureCache",
     "CachedTeacherFeaturesd",
     "RandCachedTeacherFeaturesd",
@@ -887,3 +889,40 @@ class RandCachedTeacherFeaturesd(Randomizable, CachedTeacherFeaturesd):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self.randomize()
         return super().__call__(data)
+
+
+def build_cache_once(cache: Any, data: Sequence[Mapping]) -> Any:
+    """Build a :class:`~monai_rd.data.TeacherFeatureCache` with the teacher run over each image once in all.
+
+    Rank 0 builds it. With ``cache_dir`` the others then build from the same folder, which finds every item in
+    rank 0's shard and runs no teacher (the usual key checks: path, content hash, teacher, transforms); a
+    ``cache_dir`` that other machines do not share makes their ranks compute the features themselves, with a
+    warning. In memory, rank 0 sends its rows (a pickled copy) and the others adopt them.
+
+    Args:
+        cache: the bundle's teacher-feature cache.
+        data: the training datalist.
+
+    Returns:
+        ``cache``, built.
+
+    Raises:
+        Exception: rank 0's build error, on every rank.
+    """
+    if not is_distributed():
+        return cache.build(data)
+    if cache.cache_dir:
+        on_rank0(cache.build, data)
+        misses = cache.misses
+        cache.build(data)
+        if rank() != 0 and cache.misses > misses:
+            logger.warning(
+                "rank %d: the teacher-feature cache in %s did not hold rank 0's build, so this rank ran the teacher "
+                "itself; on several machines put --cache_dir on storage every machine sees, or leave it unset (rank 0 "
+                "then sends its in-memory cache).", rank(), cache.cache_dir,
+            )
+        return cache
+    built = on_rank0(cache.build, data)
+    if rank() != 0:
+        cache.adopt(built)
+    return cache

@@ -9,7 +9,6 @@ import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
-
 from monai_rd.engines.rd_trainer import RDTrainer
 from monai_rd.losses.dense_rd import DenseRDLoss
 
@@ -23,13 +22,13 @@ class DenseRDTrainer(RDTrainer):
     ``teacher_feature_key``, or rows of a feature cache), the student's last decoder map ``f_S =
     S.forward_features(x)`` (B, F, *spatial), ``f_T = Phi(features, spatial_size=f_S.shape[2:])`` resampled to the
     same size, the one shared head ``h = S.classify`` on both, the :class:`~monai_rd.losses.DenseRDLoss` terms,
-    backward and an optimizer step. Everything else is :class:`~monai_rd.engines.RDTrainer`'s: the teacher is frozen
-    and kept in eval mode, an optimizer holding its parameters is refused, non-finite losses, gradient norms and
-    weights stop training with :class:`~monai_rd.errors.NonFiniteError`, gradient accumulation and clipping, and AMP
-    (CUDA autocast with a ``GradScaler``). ``engine.state.output`` holds ``pred`` (student logits, (B, C,
+    backward and an optimizer step. Everything else is :class:`~monai_rd.engines.DistillationTrainer`'s: the teacher
+    is frozen and kept in eval mode, an optimizer holding its parameters is refused, non-finite losses, gradient norms
+    and weights stop training with :class:`~monai_rd.errors.NonFiniteError`, gradient accumulation and clipping, and
+    AMP (CUDA autocast with a ``GradScaler``). ``engine.state.output`` holds ``pred`` (student logits, (B, C,
     *spatial)) and ``label`` for MONAI's segmentation metrics and post-transforms, plus ``loss``, ``ce_student``,
-    ``ce_teacher`` (the Dice+CE terms), ``kd``, ``cka``, ``alpha`` and ``beta``. Without a teacher and without
-    precomputed features the student is trained alone (Dice+CE).
+    ``ce_teacher`` (the Dice+CE terms), ``kd``, ``cka``, ``alpha`` and ``beta``. The student trained alone
+    (Dice+CE) is :class:`~monai_rd.engines.DistillationTrainer` with a DenseRDLoss.
 
     Args:
         device: device to train on.
@@ -39,10 +38,10 @@ class DenseRDTrainer(RDTrainer):
             :class:`~monai_rd.networks.SegmentationStudent`).
         optimizer: optimizer over the student's and Phi's parameters.
         loss_function: a :class:`~monai_rd.losses.DenseRDLoss`.
-        teacher: the teacher returning feature maps, or None.
         reprogrammer: a dense Phi (``ReprogrammingNet(..., dense=True)``, or any module called as
-            ``phi(features, spatial_size=...)``); required with a teacher.
-        kwargs: the other :class:`~monai_rd.engines.RDTrainer` arguments (``teacher_input_key``,
+            ``phi(features, spatial_size=...)``).
+        teacher: the teacher returning feature maps, run when a batch carries no cached maps.
+        kwargs: the other :class:`~monai_rd.engines.DistillationTrainer` arguments (``teacher_input_key``,
             ``teacher_feature_key``, ``feature_cache``, ``grad_clip_norm``, ``amp``, ``train_handlers``, ...).
 
     Raises:
@@ -57,8 +56,8 @@ class DenseRDTrainer(RDTrainer):
         network: nn.Module,
         optimizer: Optimizer,
         loss_function: DenseRDLoss,
+        reprogrammer: nn.Module,
         teacher: nn.Module | None = None,
-        reprogrammer: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(loss_function, DenseRDLoss):
@@ -78,8 +77,8 @@ class DenseRDTrainer(RDTrainer):
             network=network,
             optimizer=optimizer,
             loss_function=loss_function,
-            teacher=teacher,
             reprogrammer=reprogrammer,
+            teacher=teacher,
             **kwargs,
         )
 

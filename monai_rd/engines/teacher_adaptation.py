@@ -22,6 +22,7 @@ from monai.data import CacheDataset, DataLoader
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import LrScheduleHandler, ValidationHandler
 from monai.transforms import Compose, EnsureTyped
+from monai_rd.handlers.non_finite_guard import NonFiniteGuard
 from monai_rd.handlers.output_transforms import stacked_from_engine
 from monai_rd.networks.adapted_teacher import AdaptedTeacherClassifier
 from monai_rd.networks.linear_probe import fit_teacher_probe
@@ -141,6 +142,7 @@ def adapt_teacher(
             train_handlers=[LrScheduleHandler(scheduler, print_lr=False),
                             ValidationHandler(validator=evaluator, interval=1, epoch_level=True)],
         )
+        NonFiniteGuard({"teacher": classifier}, stage=f"the teacher ({classifier.mode} adaptation)").attach(trainer)
         evaluator.run()  # epoch 0: adapting must beat the linear probe it starts from, or it is undone
         started[0] = True
         trainer.run()

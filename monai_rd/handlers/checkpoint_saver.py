@@ -85,3 +85,22 @@ class CrashSafeCheckpointSaver(_MonaiCheckpointSaver):
             )
             ckpt._saved = [Checkpoint.Item(priority, name) for priority, name in found]
         super().attach(engine)
+
+
+class BestModelSaver(CrashSafeCheckpointSaver):
+    """``models/model.pt``: the deployed network with the best key metric of the evaluator it is attached to.
+
+    A :class:`CrashSafeCheckpointSaver` of ``{"model": network}`` keyed on the evaluator's key metric, written as
+    ``model.pt`` (complete or not at all).
+
+    Args:
+        save_dir: the run's models folder.
+        network: the model that is deployed (the student, or a teacher baseline with its head).
+        kwargs: other ``monai.handlers.CheckpointSaver`` arguments.
+    """
+
+    def __init__(self, save_dir: str, network: Any, **kwargs: Any) -> None:
+        super().__init__(
+            save_dir=save_dir, save_dict={"model": network}, save_key_metric=True, key_metric_filename="model.pt",
+            **kwargs,
+        )

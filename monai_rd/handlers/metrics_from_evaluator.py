@@ -18,28 +18,42 @@ class MetricsFromEvaluator:
     :class:`~monai_rd.handlers.TrainingCurvePlotter`) sees them as ordinary metrics. The student's key metric and
     checkpoint selection are not affected: they read the key metric's own name.
 
-    ``source`` must have run for the same epoch before the attached engine completes its epoch: in a bundle, its
-    ``ValidationHandler`` comes before the student's in the trainer's handlers.
+    ``source`` must have run for the same epoch before the attached engine completes its epoch: with
+    ``run_source`` this handler runs it when the engine's epoch starts (so it needs no ``ValidationHandler`` of
+    its own); otherwise its ``ValidationHandler`` must come before the engine's in the trainer's handlers. A
+    ``source`` of None records nothing (a method without a second branch to score).
 
     Args:
-        source: the other evaluator.
+        source: the other evaluator, or None.
         prefix: prefix of the copied names, e.g. ``"teacher_branch"``.
         names: metrics to copy (default: all of ``source``'s).
+        run_source: run ``source`` for the engine's epoch when that epoch starts.
 
     Raises:
         ValueError: an empty prefix.
     """
 
-    def __init__(self, source: Engine, prefix: str, names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, source: Engine | None, prefix: str, names: Sequence[str] | None = None, run_source: bool = False
+    ) -> None:
         if not prefix:
             raise ValueError("MetricsFromEvaluator needs a non-empty prefix, so copies cannot shadow the engine's own.")
         self.source = source
         self.prefix = prefix
         self.names = list(names) if names is not None else None
+        self.run_source = run_source
 
     def attach(self, engine: Engine) -> None:
-        """Register on ``engine``'s EPOCH_COMPLETED (attach before the handlers that should see the copies)."""
+        """Register on ``engine``'s EPOCH_COMPLETED (attach before the handlers that should see the copies), and with
+        ``run_source`` on its EPOCH_STARTED; nothing without a source."""
+        if self.source is None:
+            return
+        if self.run_source:
+            engine.add_event_handler(Events.EPOCH_STARTED, self._run_source)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _run_source(self, engine: Engine) -> None:
+        self.source.run(global_epoch=engine.state.epoch)
 
     def __call__(self, engine: Engine) -> None:
         """Copy the metrics.

@@ -1,0 +1,83 @@
+"""A run's checkpoints: written after every epoch, and the newest loaded to resume a stopped run exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ignite.engine import Engine
+
+from monai.handlers import CheckpointLoader
+
+from monai_rd.handlers.checkpoint_saver import CrashSafeCheckpointSaver
+from monai_rd.handlers.run_state import RunState
+
+__all__ = ["RunCheckpoints"]
+
+
+class RunCheckpoints:
+    """``checkpoint_epoch=N.pt`` after every epoch's validation, and ``--resume true`` from the newest one.
+
+    Attached to a trainer, it saves (crash-safe: :class:`~monai_rd.handlers.CrashSafeCheckpointSaver`, the previous
+    file removed only once the new one is complete) the network, optimizer, LR schedule, the trainer's own state,
+    the method's trainable parts, and a :class:`~monai_rd.handlers.RunState` with everything else the run's course
+    depends on (random states, the best metric and best-model saver, stateful handlers, the settings' fingerprint).
+    With ``load_path`` it first loads that checkpoint (MONAI's ``CheckpointLoader``, at the trainer's start), so a run
+    killed at any point continues to the same weights, ``model.pt`` and metrics as the uninterrupted run.
+
+    Attach it after the trainer's validation handler (last in the trainer's handlers), so a checkpoint holds the
+    epoch's validation result. Every rank of a multi-process run attaches it (each loads the checkpoint); only rank
+    0 writes.
+
+    Args:
+        save_dir: the run's models folder.
+        load_path: the checkpoint to resume from (from :func:`monai_rd.bundle.prepare_run_folder`), or None.
+        modules: the ``network``, ``optimizer`` and ``lr_scheduler``, by those names.
+        parts: the method's trainable parts besides the network (Phi, a feature loss), by name.
+        fingerprint: the settings a resumed checkpoint must match.
+        evaluator: the validation engine (its best metric persists).
+        best_saver: the ``model.pt`` saver (its record persists).
+        transforms: the training transforms (their random states persist).
+        stateful: other stateful handlers (metric writers, plotters).
+        map_location: where loaded tensors go.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        load_path: str | None,
+        modules: Mapping[str, Any],
+        parts: Mapping[str, Any],
+        fingerprint: Mapping[str, Any],
+        evaluator: Any | None = None,
+        best_saver: Any | None = None,
+        transforms: Any | None = None,
+        stateful: Sequence[Any] = (),
+        map_location: Any = None,
+    ) -> None:
+        self.save_dir = save_dir
+        self.load_path = load_path
+        missing = {"network", "optimizer", "lr_scheduler"} - set(modules)
+        if missing:
+            raise ValueError(f"RunCheckpoints needs the run's {sorted(missing)} in modules.")
+        self.modules = {k: modules[k] for k in ("network", "optimizer", "lr_scheduler")}
+        self.parts = dict(parts)
+        self.run_state_kwargs = dict(
+            fingerprint=fingerprint, evaluator=evaluator, best_saver=best_saver, transforms=transforms,
+            stateful=stateful,
+        )
+        self.map_location = map_location
+
+    def save_dict(self, trainer: Engine) -> dict[str, Any]:
+        """What every checkpoint of ``trainer``'s run holds, by name."""
+        run_state = RunState(**self.run_state_kwargs, trainer=trainer)
+        return {"run_state": run_state, **self.modules, "trainer": trainer, **self.parts}
+
+    def attach(self, trainer: Engine) -> None:
+        """Load ``load_path`` when the trainer starts (if given), and save after every epoch."""
+        save_dict = self.save_dict(trainer)
+        if self.load_path is not None:
+            CheckpointLoader(load_path=self.load_path, load_dict=save_dict, map_location=self.map_location).attach(trainer)
+        CrashSafeCheckpointSaver(
+            save_dir=self.save_dir, save_dict=save_dict, save_interval=1, epoch_level=True, n_saved=1
+        ).attach(trainer)
