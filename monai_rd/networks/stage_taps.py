@@ -201,7 +201,7 @@ class GraphTaps(StageTaps):
 
     def _extractor(self, model: nn.Module, nodes: tuple[str, ...]) -> nn.Module:
         param = next(model.parameters(), None)
-        key = (nodes, id(model), param.device if param is not None else None, param.dtype if param is not None else None)
+        key = (nodes, id(model)) + ((param.device, param.dtype) if param is not None else (None, None))
         if key not in self._extractors:
             from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -376,7 +376,8 @@ class HiddenStateTaps(StageTaps):
         hidden = net(pixel_values=x, output_hidden_states=True).hidden_states  # embeddings, then each layer
         norm = net.get_submodule(self.norm)
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
-        return [tokens_to_map(norm(hidden[int(i) + 1]), self.num_prefix_tokens, grid) for i in locations]  # type: ignore[call-overload]
+        layers = [int(i) for i in locations]  # type: ignore[call-overload]
+        return [tokens_to_map(norm(hidden[i + 1]), self.num_prefix_tokens, grid) for i in layers]
 
 
 class EncoderTaps(StageTaps):

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn as nn
 
-__all__ = ["DEFAULT_NUM_STAGES", "evenly_spaced", "reduces_resolution", "stride_stage_ends"]
+__all__ = [
+    "DEFAULT_NUM_STAGES",
+    "dry_run_stage_shapes",
+    "evenly_spaced",
+    "reduces_resolution",
+    "stage_index",
+    "stride_stage_ends",
+]
 
 DEFAULT_NUM_STAGES = 4
 
@@ -81,3 +89,46 @@ def evenly_spaced(depth: int, num_stages: int = DEFAULT_NUM_STAGES) -> list[int]
         ``depth < num_stages``.
     """
     return sorted({max(0, round((k + 1) * depth / num_stages) - 1) for k in range(num_stages)})
+
+
+def stage_index(i: int, num_stages: int) -> int:
+    """Check a 0-based stage index.
+
+    Args:
+        i: the index.
+        num_stages: N.
+
+    Returns:
+        ``i``.
+
+    Raises:
+        IndexError: ``i`` is not an int in ``0 .. N - 1``.
+    """
+    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_stages:
+        raise IndexError(f"stage index {i!r} is out of range: there are {num_stages} stages, 0 to {num_stages - 1}.")
+    return i
+
+
+def dry_run_stage_shapes(student: nn.Module, spatial_size: Sequence[int]) -> list[tuple[int, ...]]:
+    """(C_i, *spatial_i) of a student's stage maps (``student.forward_stages``) for inputs of ``spatial_size``.
+
+    One forward of a zero image in eval mode without grad, the mode restored after: normalisation statistics are
+    not updated and dropout draws no random numbers.
+
+    Args:
+        student: a model with ``forward_stages``; its input channels are those of its first convolution.
+        spatial_size: input size, e.g. (64, 64).
+
+    Returns:
+        One shape per stage.
+    """
+    conv = next(m for m in student.modules() if isinstance(m, nn.modules.conv._ConvNd))
+    param = next(student.parameters())
+    x = torch.zeros(1, conv.in_channels, *spatial_size, device=param.device, dtype=param.dtype)
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            return [tuple(m.shape[1:]) for m in student.forward_stages(x)]  # type: ignore[operator]
+    finally:
+        student.train(was_training)

@@ -261,8 +261,9 @@ class OpenCLIPVisualTrunk(nn.Module):
         if hasattr(v, "layer4"):  # ModifiedResNet
             x = v.stem(x) if hasattr(v, "stem") else x
             return v.layer4(v.layer3(v.layer2(v.layer1(x))))
-        if hasattr(v, "forward_intermediates"):  # VisionTransformer
-            return v.forward_intermediates(x, indices=1, intermediates_only=True, output_fmt="NCHW")[-1]
+        if hasattr(v, "forward_intermediates"):  # VisionTransformer: open_clip returns a dict of lists
+            out = v.forward_intermediates(x, indices=1, intermediates_only=True, output_fmt="NCHW")
+            return out["image_intermediates"][-1]
         raise ValueError(f"unsupported open_clip image tower {type(v).__name__}.")
 
 
@@ -284,7 +285,8 @@ def open_clip_taps(visual: nn.Module) -> StageTaps | None:
     if hasattr(visual, "transformer") and hasattr(visual, "forward_intermediates"):
         depth = len(visual.transformer.resblocks)
         names = [f"transformer.resblocks.{i}" for i in range(depth)]
-        return OpenCLIPTaps([names[i] for i in evenly_spaced(depth)], {n: i for i, n in enumerate(names)}, attr="visual")
+        default = [names[i] for i in evenly_spaced(depth)]
+        return OpenCLIPTaps(default, {n: i for i, n in enumerate(names)}, attr="visual")
     return None
 
 

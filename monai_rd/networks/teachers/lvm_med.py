@@ -39,7 +39,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _README = "the Google Drive links in https://github.com/duyhominhnguyen/LVM-Med#pretrained-models"
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 # torchvision ResNet child -> its index in resnet_trunk's nn.Sequential
-_RESNET_TRUNK_INDEX = {"conv1": "0", "bn1": "1", "relu": "2", "maxpool": "3", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
+_RESNET_TRUNK_INDEX = {
+    "conv1": "0", "bn1": "1", "relu": "2", "maxpool": "3", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"
+}
 
 
 def resnet_trunk(model: nn.Module) -> nn.Sequential:
