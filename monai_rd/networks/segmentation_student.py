@@ -142,6 +142,9 @@ class SegmentationStudent(nn.Module):
         >>> logits = net(torch.rand(1, 1, 32, 32, 32))  # (1, 4, 32, 32, 32)
     """
 
+    # TorchScript compiles properties too; the Deep RD stage access is Python only (never part of the export)
+    __jit_unused_properties__ = ["stage_names"]
+
     def __init__(
         self,
         backbone: str | nn.Module,

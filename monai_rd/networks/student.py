@@ -174,6 +174,9 @@ class StudentClassifier(nn.Module):
         ValueError: a module backbone without ``num_features``.
     """
 
+    # TorchScript compiles properties too; the Deep RD stage access is Python only (never part of the export)
+    __jit_unused_properties__ = ["stage_names"]
+
     def __init__(
         self,
         backbone: str | nn.Module,
