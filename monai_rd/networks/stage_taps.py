@@ -137,8 +137,8 @@ class GraphTaps(StageTaps):
     published model. ``path_map`` rewrites a leading path component to the teacher's trunk (a torchvision ResNet's
     ``layer3`` is entry ``6`` of its ``conv1 ... layer4`` ``nn.Sequential``), and ``root`` is where the published
     model sits inside the teacher's model. The traced extractor shares the model's modules (it owns no weights) and
-    is kept for one selection, device and dtype, outside the module tree so the teacher's ``state_dict`` is
-    unchanged.
+    is kept for one selection, set of modules, device and dtype, outside the module tree so the teacher's
+    ``state_dict`` is unchanged.
 
     Args:
         default: default tap names.
@@ -201,7 +201,10 @@ class GraphTaps(StageTaps):
 
     def _extractor(self, model: nn.Module, nodes: tuple[str, ...]) -> nn.Module:
         param = next(model.parameters(), None)
-        key = (nodes, id(model)) + ((param.device, param.dtype) if param is not None else (None, None))
+        # the modules themselves (not only the model) key the trace: a module replaced in place (e.g. a LoRA
+        # adapter injected into the teacher) must be traced anew
+        where = (param.device, param.dtype) if param is not None else None
+        key = (nodes, tuple(map(id, model.modules())), where)
         if key not in self._extractors:
             from torchvision.models.feature_extraction import create_feature_extractor
 

@@ -306,7 +306,7 @@ def wrap_teacher(
         mean: override of the mean (e.g. read from the checkpoint's own preprocessing config).
         std: override of the std.
         autocast_dtype: optional autocast dtype.
-        stage_taps: the teacher's stage taps (Deep RD), defaulting to the spec's ``stages``.
+        stage_taps: the teacher's stage taps (Deep RD); their default should be the spec's ``stages``.
 
     Returns:
         The frozen teacher, named ``spec_name``.
