@@ -1,4 +1,5 @@
-"""Networks of Reprogramming Distillation: the frozen teacher, Phi and the deployable student."""
+"""Networks of Reprogramming Distillation: the frozen teacher, Phi and the deployable student; for Deep RD the
+teacher's stage taps, the students' stages and the stage projectors phi_i."""
 
 from monai_rd.networks.adapted_teacher import AdaptedTeacherClassifier
 from monai_rd.networks.frozen_teacher import FrozenTeacher, tokens_to_map
@@ -8,6 +9,7 @@ from monai_rd.networks.segmentation_student import (
     create_segmentation_backbone,
     list_segmentation_students,
 )
+from monai_rd.networks.stage_projector import StageProjector, build_stage_projectors
 from monai_rd.networks.student import StudentClassifier, create_backbone, list_students
 from monai_rd.networks.teacher_branch import TeacherBranch
 from monai_rd.networks.teachers import create_teacher, efficientnet_lite0_teacher, list_teachers
@@ -18,8 +20,10 @@ __all__ = [
     "ReprogrammingNet",
     "ResidualMLPBlock",
     "SegmentationStudent",
+    "StageProjector",
     "StudentClassifier",
     "TeacherBranch",
+    "build_stage_projectors",
     "create_backbone",
     "create_segmentation_backbone",
     "create_teacher",

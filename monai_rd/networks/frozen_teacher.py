@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from monai_rd.networks.stage_taps import StageTaps
 
 __all__ = ["FrozenTeacher", "tokens_to_map"]
 
@@ -62,9 +67,12 @@ class FrozenTeacher(nn.Module):
         autocast_dtype: run the teacher under CUDA/CPU autocast in this dtype (e.g. ``torch.bfloat16``);
             features are returned in float32.
         name: identity of the teacher (used in logs and feature-cache keys).
+        stage_taps: where the named intermediate maps of :meth:`stage_maps` come from (Deep RD); None for a teacher
+            without them.
+        stages: which taps :meth:`stage_maps` returns; None is ``stage_taps.default``.
 
     Raises:
-        ValueError: ``mean``/``std`` lengths differ from ``in_channels``.
+        ValueError: ``mean``/``std`` lengths differ from ``in_channels``, or ``stages`` names no tap.
     """
 
     def __init__(
@@ -78,6 +86,8 @@ class FrozenTeacher(nn.Module):
         num_prefix_tokens: int = 0,
         autocast_dtype: torch.dtype | None = None,
         name: str = "teacher",
+        stage_taps: StageTaps | None = None,
+        stages: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if len(mean) != in_channels or len(std) != in_channels:
@@ -95,6 +105,15 @@ class FrozenTeacher(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self._out_channels: int | None = None
+        # a plain attribute, not a submodule: the state_dict and fingerprint() are the same with or without taps
+        self.stage_taps = stage_taps
+        self._stages: tuple[str, ...] = ()
+        self._stage_locations: list = []
+        self._stage_shapes: tuple[tuple[int, ...], ...] | None = None
+        if stages is not None:
+            self.select_stages(stages)
+        elif stage_taps is not None and stage_taps.default:
+            self.select_stages(stage_taps.default)
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         """Record ``mode`` but keep the wrapped model in eval mode."""
@@ -136,6 +155,11 @@ class FrozenTeacher(nn.Module):
         shape = (1, -1) + (1,) * (x.ndim - 2)
         return (x - self.mean.view(shape)) / self.std.view(shape)
 
+    def _autocast(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
+
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         if self.feature_fn is None:
             return self.model(x)
@@ -165,10 +189,7 @@ class FrozenTeacher(nn.Module):
             Features (B, C_T, *spatial_T) or (B, C_T), float32.
         """
         x = self.preprocess(x)
-        if self.autocast_dtype is not None:
-            with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
-                feats = self._features(x)
-        else:
+        with self._autocast(x):
             feats = self._features(x)
         if isinstance(feats, (tuple, list)):
             feats = feats[0]
@@ -176,15 +197,116 @@ class FrozenTeacher(nn.Module):
             feats = tokens_to_map(feats, self.num_prefix_tokens)
         return feats.float()
 
+    def _dry_run_input(self) -> torch.Tensor:
+        size = self.input_size or (224, 224)
+        device = next(self.model.parameters(), torch.empty(0)).device
+        return torch.zeros(1, self.in_channels, *size, device=device)
+
     @property
     def out_channels(self) -> int:
         """Channels C_T of the feature output, found with one dry run at the native size."""
         if self._out_channels is None:
-            size = self.input_size or (224, 224)
-            device = next(self.model.parameters(), torch.empty(0)).device
-            dummy = torch.zeros(1, self.in_channels, *size, device=device)
-            self._out_channels = int(self.forward(dummy).shape[1])
+            self._out_channels = int(self.forward(self._dry_run_input()).shape[1])
         return self._out_channels
+
+    # ----------------------------------------------------------------------------------------- stage taps (DRD)
+    def _taps(self) -> StageTaps:
+        if self.stage_taps is None:
+            raise ValueError(
+                f"teacher {self.name!r} has no stage taps, so Deep RD cannot use it. Named teachers declare them in "
+                "their builder (FrozenTeacher(..., stage_taps=...), listed as TeacherSpec.stages); timm:, "
+                "torchvision: and monai: teachers get them by rule (monai: networks without layer1..layer4 take "
+                "create_teacher(..., stages=[<submodule paths>])). A custom FrozenTeacher takes "
+                "stage_taps=monai_rd.networks.stage_taps.HookTaps([<submodule paths>])."
+            )
+        return self.stage_taps
+
+    def _require_taps(self) -> StageTaps:
+        taps = self._taps()
+        if not self._stages:
+            raise ValueError(
+                f"teacher {self.name!r} has no default stage taps; name them with create_teacher(..., stages=[...]) "
+                "or teacher.select_stages([...]) (submodule paths such as 'layer1', shallow to deep)."
+            )
+        return taps
+
+    def select_stages(self, stages: Sequence[str]) -> FrozenTeacher:
+        """Choose the taps :meth:`stage_maps` returns.
+
+        Args:
+            stages: tap names, shallow to deep (see :attr:`stage_taps`; the default is ``stage_taps.default``).
+
+        Returns:
+            This teacher.
+
+        Raises:
+            ValueError: the teacher has no taps, or a name is not one of them (the message lists them).
+        """
+        locations = self._taps().resolve(self.model, stages, self.name)
+        self._stages, self._stage_locations = tuple(str(s) for s in stages), locations
+        self._stage_shapes = None
+        return self
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """Names of the N maps :meth:`stage_maps` returns, shallow to deep.
+
+        Raises:
+            ValueError: the teacher has no stage taps, or none selected.
+        """
+        self._require_taps()
+        return self._stages
+
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The teacher's N stage maps f_1^T .. f_N^T, with the preprocessing of :meth:`forward`.
+
+        Args:
+            x: (B, C, *spatial) images in [0, 1].
+
+        Returns:
+            N tensors (B, C_i, *spatial_i), float32, without grad; ViT tokens come back as maps.
+
+        Raises:
+            ValueError: the teacher has no stage taps.
+            RuntimeError: a tap did not give a map with as many spatial axes as the input.
+        """
+        taps = self._require_taps()
+        with torch.no_grad():
+            x = self.preprocess(x)
+            with self._autocast(x):
+                maps = taps.maps(self.model, x, self._stage_locations)
+        bad = [n for n, m in zip(self._stages, maps) if m.ndim != x.ndim]
+        if bad:
+            raise RuntimeError(f"teacher {self.name!r}: stage taps {bad} did not give (B, C, *spatial) maps.")
+        return [m.float() for m in maps]
+
+    @property
+    def stage_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """(C_i, *spatial_i) of each stage map at the native input size, found with one dry run."""
+        if self._stage_shapes is None:
+            self._stage_shapes = tuple(tuple(m.shape[1:]) for m in self.stage_maps(self._dry_run_input()))
+        return self._stage_shapes
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        """Channels C_i of each stage map, found with one dry run at the native size."""
+        return tuple(int(s[0]) for s in self.stage_shapes)
+
+    def stage_fingerprint(self) -> str:
+        """SHA-256 of what :meth:`stage_maps` computes: :meth:`fingerprint` plus the selected taps and where they
+        come from. The key of a cache of stage maps; :meth:`fingerprint` itself does not depend on the taps, so
+        caches of :meth:`forward` features stay valid.
+
+        Returns:
+            Hex digest; changes with the weights, the preprocessing, the selected taps or their definition.
+
+        Raises:
+            ValueError: the teacher has no stage taps.
+        """
+        taps = self._require_taps()
+        h = hashlib.sha256(self.fingerprint().encode())
+        h.update(repr(("stages", self._stages, taps.identity())).encode())
+        return h.hexdigest()
 
     def fingerprint(self) -> str:
         """SHA-256 of the teacher's identity: name, preprocessing and every parameter and buffer.

@@ -3,7 +3,7 @@ shared 1x1-conv segmentation head."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +12,8 @@ import torch.nn as nn
 from monai.networks.blocks import ADN
 from monai.networks.layers.factories import Conv
 from monai.networks.nets import BasicUNet, SegResNet, UNet
+from monai_rd.networks.segmentation_stages import SegmentationStages, segmentation_stages
+from monai_rd.networks.stages import dry_run_stage_shapes, stage_index
 
 __all__ = ["SegmentationStudent", "create_segmentation_backbone", "list_segmentation_students"]
 
@@ -119,6 +121,10 @@ class SegmentationStudent(nn.Module):
     classify(forward_features(x))`` is the plain student with its head: what inference, sliding-window inference
     and TorchScript export use.
 
+    For Deep RD the encoder levels are the stages (:mod:`monai_rd.networks.segmentation_stages`; nothing is added
+    to the model): :meth:`forward_stages` returns the N encoder maps and :meth:`forward_from` runs the rest of the
+    network from the maps of levels 0..i, so ``classify(forward_from(i, maps))`` are the hybrid logits.
+
     Args:
         backbone: a name for :func:`create_segmentation_backbone` or an ``nn.Module`` returning feature maps
             (B, feature_channels, *spatial).
@@ -135,6 +141,9 @@ class SegmentationStudent(nn.Module):
         >>> net = SegmentationStudent("unet", num_classes=4, spatial_dims=3, channels=(8, 16, 32), strides=(2, 2))
         >>> logits = net(torch.rand(1, 1, 32, 32, 32))  # (1, 4, 32, 32, 32)
     """
+
+    # TorchScript compiles properties too; the Deep RD stage access is Python only (never part of the export)
+    __jit_unused_properties__ = ["stage_names"]
 
     def __init__(
         self,
@@ -182,3 +191,78 @@ class SegmentationStudent(nn.Module):
         """
         return self.classify(self.forward_features(x))
 
+    # ----------------------------------------------------------------------------------------- stages (Deep RD)
+    def _stages(self) -> SegmentationStages:
+        # found from the modules on each call: nothing is stored on the model (copies, DDP, TorchScript unchanged)
+        return segmentation_stages(self.backbone)
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """Names of the N encoder levels, shallow to deep: the path of the module giving each level's map (UNet:
+        each block's down layer, then the bottom layer; BasicUNet: ``conv_0``, ``down_1 .. down_4``; SegResNet:
+        ``down_layers.<k>``).
+
+        Raises:
+            ValueError: a backbone without known encoder levels (e.g. a custom module).
+        """
+        return self._stages().names
+
+    def stage_modules(self, i: int) -> list[nn.Module]:
+        """The encoder modules of level ``i`` (e.g. to freeze levels <= i).
+
+        Args:
+            i: 0-based level index.
+        """
+        stages = self._stages()
+        return stages.modules(stage_index(i, len(stages.names)))
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The N encoder maps, shallow to deep.
+
+        Args:
+            x: images (B, in_channels, *spatial).
+
+        Returns:
+            N maps (B, C_i, *spatial_i): UNet from /stride_0 (its first level is already downsampled) to the bottom,
+            BasicUNet and SegResNet from full resolution to the deepest level.
+        """
+        return self._stages().encode(x)
+
+    def forward_from(self, i: int, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Run the rest of the network from the encoder maps of levels 0..i to the last decoder map.
+
+        The skip connections of levels <= i take ``maps[0..i]`` (in Deep RD the reprogrammed teacher maps of those
+        levels); the deeper levels are computed from ``maps[i]`` by the student's own encoder (later entries of
+        ``maps``, if given, are not used); then the whole decoder runs. So ``forward_from(i, forward_stages(x))``
+        equals ``forward_features(x)``, a loss on the result gives no gradient to the encoder of levels <= i, and
+        the maps are not changed in place.
+
+        Args:
+            i: 0-based level index in ``0 .. N - 1``.
+            maps: at least i + 1 maps, ``maps[k]`` of level k's shape.
+
+        Returns:
+            The last decoder map (B, feature_channels, *spatial), the input of :meth:`classify`.
+
+        Raises:
+            IndexError: ``i`` is not a level index.
+            ValueError: fewer than i + 1 maps.
+        """
+        stages = self._stages()
+        i = stage_index(i, len(stages.names))
+        if isinstance(maps, torch.Tensor) or len(maps) < i + 1:
+            got = "a tensor" if isinstance(maps, torch.Tensor) else f"{len(maps)} maps"
+            raise ValueError(f"forward_from({i}, maps) needs a list of the maps of levels 0..{i}; got {got}.")
+        return stages.decode_from(i, maps)
+
+    def stage_shapes(self, spatial_size: Sequence[int]) -> list[tuple[int, ...]]:
+        """(C_i, *spatial_i) of each encoder map for inputs of ``spatial_size`` (one dry run in eval mode without
+        grad: normalisation statistics are not touched), e.g. to build the projectors.
+
+        Args:
+            spatial_size: input size, e.g. (96, 96, 96).
+
+        Returns:
+            One shape per level.
+        """
+        return dry_run_stage_shapes(self, spatial_size)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from monai_rd.networks.stages import dry_run_stage_shapes, stage_index
+from monai_rd.networks.student_stages import StageSplit, split_backbone
 
 __all__ = ["StudentClassifier", "create_backbone", "list_students"]
 
@@ -46,7 +49,9 @@ def _torchvision(arch: str, head_attr: str) -> Callable[..., tuple[nn.Module, in
         weights = "DEFAULT" if pretrained else None
         model = getattr(torchvision.models, arch)(weights=weights, **kwargs)
         head = getattr(model, head_attr)
-        linear = head[-1] if isinstance(head, nn.Sequential) else head
+        # the whole head is dropped, so the features are the input of its first linear layer (MobileNetV3 and VGG
+        # have hidden layers in their classifier)
+        linear = next(m for m in head.modules() if isinstance(m, nn.Linear))
         num_features = linear.in_features
         setattr(model, head_attr, nn.Identity())
         if in_channels != 3:
@@ -105,7 +110,8 @@ def create_backbone(
         import timm
 
         model = timm.create_model(arch, pretrained=pretrained, num_classes=0, in_chans=in_channels, **kwargs)
-        return model, int(model.num_features)
+        # a head with a hidden layer (MobileNetV3's conv_head) pools to head_hidden_size, not num_features
+        return model, int(getattr(model, "head_hidden_size", None) or model.num_features)
     if prefix == "torchvision" and arch:
         import torchvision
 
@@ -149,6 +155,11 @@ class StudentClassifier(nn.Module):
     ``forward`` returns logits; ``forward_features`` returns the pooled student features z_S that RD aligns
     with the reprogrammed teacher features, and ``head`` is the classifier shared by both branches.
 
+    For Deep RD the backbone is cut into N stages by walking its modules (:mod:`monai_rd.networks.student_stages`;
+    nothing is added to the model): :meth:`forward_stages` returns the N stage maps and :meth:`forward_from` runs
+    the stages after stage i and the pooling on a map of stage i's shape (a reprogrammed teacher map), so
+    ``classify(forward_from(i, f))`` are the hybrid logits z_i.
+
     Args:
         backbone: a name for :func:`create_backbone`, or an ``nn.Module`` returning (B, num_features).
         num_classes: outputs of the shared classifier.
@@ -162,6 +173,9 @@ class StudentClassifier(nn.Module):
     Raises:
         ValueError: a module backbone without ``num_features``.
     """
+
+    # TorchScript compiles properties too; the Deep RD stage access is Python only (never part of the export)
+    __jit_unused_properties__ = ["stage_names"]
 
     def __init__(
         self,
@@ -207,3 +221,80 @@ class StudentClassifier(nn.Module):
             Logits (B, num_classes).
         """
         return self.classify(self.forward_features(x))
+
+    # ----------------------------------------------------------------------------------------- stages (Deep RD)
+    def _split(self) -> StageSplit:
+        # found from the modules on each call (cheap): nothing is stored on the model, so copies, DDP wrappers
+        # and TorchScript see the model unchanged
+        return split_backbone(self.backbone)
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """Names of the N stages, shallow to deep: the path of each stage's last module in the backbone (e.g.
+        ``layer1 .. layer4`` for a ResNet).
+
+        Raises:
+            ValueError: a backbone that cannot be cut into stages (e.g. a custom module).
+        """
+        return self._split().names
+
+    def stage_modules(self, i: int) -> list[nn.Module]:
+        """The backbone modules stage ``i`` runs (e.g. to freeze stages <= i).
+
+        Args:
+            i: 0-based stage index.
+
+        Returns:
+            The modules, in forward order.
+        """
+        split = self._split()
+        return [self.backbone.get_submodule(p) for p in split.stages[stage_index(i, len(split.stages))]]
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The student's N stage maps f_1^S .. f_N^S.
+
+        Args:
+            x: images (B, in_channels, *spatial).
+
+        Returns:
+            N maps (B, C_i, *spatial_i); the last is the map the backbone pools.
+        """
+        split = self._split()
+        maps = []
+        for k in range(len(split.stages)):
+            x = split.run(self.backbone, k, x)
+            maps.append(x)
+        return maps
+
+    def forward_from(self, i: int, f: torch.Tensor) -> torch.Tensor:
+        """Run the stages after stage ``i`` and the pooling on ``f``: the pooled features of the hybrid path.
+
+        ``forward_from(i, forward_stages(x)[i])`` equals ``forward_features(x)``. The stages <= i are not run, so a
+        loss on the result gives no gradient to their parameters; ``f`` is not changed in place.
+
+        Args:
+            i: 0-based stage index in ``0 .. N - 1``; ``N - 1`` only pools.
+            f: (B, C_i, *spatial_i), stage i's shape (e.g. a reprogrammed teacher map).
+
+        Returns:
+            Pooled features z (B, num_features), ready for :meth:`classify`.
+
+        Raises:
+            IndexError: ``i`` is not a stage index.
+        """
+        split = self._split()
+        for k in range(stage_index(i, len(split.stages)) + 1, len(split.stages)):
+            f = split.run(self.backbone, k, f)
+        return torch.flatten(split.pool(self.backbone, f), 1)
+
+    def stage_shapes(self, spatial_size: Sequence[int]) -> list[tuple[int, ...]]:
+        """(C_i, *spatial_i) of each stage map for inputs of ``spatial_size`` (one dry run in eval mode without
+        grad: BatchNorm statistics are not touched, no random numbers are drawn), e.g. to build the projectors.
+
+        Args:
+            spatial_size: input size, e.g. (64, 64).
+
+        Returns:
+            One shape per stage.
+        """
+        return dry_run_stage_shapes(self, spatial_size)

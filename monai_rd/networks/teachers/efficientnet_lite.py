@@ -9,12 +9,16 @@ from collections.abc import Sequence
 import torch
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
+from monai_rd.networks.stage_taps import GraphTaps
 
-__all__ = ["efficientnet_lite0_teacher", "EFFICIENTNET_LITE_MEAN", "EFFICIENTNET_LITE_STD"]
+__all__ = ["efficientnet_lite0_teacher", "EFFICIENTNET_LITE0_STAGES", "EFFICIENTNET_LITE_MEAN", "EFFICIENTNET_LITE_STD"]
 
 # TF EfficientNet-Lite preprocessing: (x * 255 - 127) / 128
 EFFICIENTNET_LITE_MEAN = (127.0 / 255.0,) * 3
 EFFICIENTNET_LITE_STD = (128.0 / 255.0,) * 3
+# Deep RD stage taps: the last block at strides 4, 8 and 16 (block groups 2, 3 and 5 of Lite0's 7), then the
+# feature map itself (head conv, BN, ReLU6 at stride 32): 24, 40, 112 and 1280 channels
+EFFICIENTNET_LITE0_STAGES = ("_blocks.2", "_blocks.4", "_blocks.10", "extract_features")
 
 
 def efficientnet_lite0_teacher(
@@ -33,7 +37,8 @@ def efficientnet_lite0_teacher(
             any size, e.g. a slice's own aspect ratio for a denser map in 2D segmentation.
 
     Returns:
-        A :class:`FrozenTeacher` with that input size and the TF-Lite normalisation.
+        A :class:`FrozenTeacher` with that input size and the TF-Lite normalisation; its stage taps (Deep RD) are
+        :data:`EFFICIENTNET_LITE0_STAGES` (any ``_blocks.<i>`` can be named).
 
     Raises:
         FileNotFoundError: no weights path given and the weights package is not installed, or the path is missing.
@@ -63,4 +68,6 @@ def efficientnet_lite0_teacher(
         feature_fn="extract_features",
         autocast_dtype=autocast_dtype,
         name="efficientnet-lite0",
+        # extract_features ends with the second call of the shared activation, which torch.fx names "_swish_1"
+        stage_taps=GraphTaps(EFFICIENTNET_LITE0_STAGES, nodes={"extract_features": "_swish_1"}),
     )

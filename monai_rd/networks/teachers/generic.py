@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
+from monai_rd.networks.stage_taps import GraphTaps, OpenCLIPTaps, StageTaps, timm_taps
+from monai_rd.networks.stages import evenly_spaced, stride_stage_ends
 from monai_rd.networks.teachers.checkpoint import (
     WeightsUnavailableError,
     check_sha256,
@@ -38,14 +40,23 @@ from monai_rd.networks.teachers.checkpoint import (
     resolve_weights,
 )
 from monai_rd.networks.teachers.efficientnet_lite import (
+    EFFICIENTNET_LITE0_STAGES,
     EFFICIENTNET_LITE_MEAN,
     EFFICIENTNET_LITE_STD,
     efficientnet_lite0_teacher,
 )
-from monai_rd.networks.teachers.lvm_med import IMAGENET_MEAN, IMAGENET_STD, resnet_trunk
+from monai_rd.networks.teachers.lvm_med import IMAGENET_MEAN, IMAGENET_STD, resnet_trunk, resnet_trunk_taps
 from monai_rd.networks.teachers.registry import register_teacher, register_teacher_prefix
 
-__all__ = ["open_clip_teacher", "state_dict_teacher", "timm_teacher", "torchscript_teacher", "torchvision_teacher"]
+__all__ = [
+    "open_clip_taps",
+    "open_clip_teacher",
+    "state_dict_teacher",
+    "timm_teacher",
+    "torchscript_teacher",
+    "torchvision_taps",
+    "torchvision_teacher",
+]
 
 
 @register_teacher_prefix("timm")
@@ -103,10 +114,11 @@ def timm_teacher(
     std = tuple(std) if std is not None else tuple(cfg.get("std", IMAGENET_STD))
     if getattr(model, "dynamic_img_size", None) is False and hasattr(model, "set_input_size") and input_size is not None:
         model.set_input_size(img_size=size)
+    tappable = bool(getattr(model, "feature_info", None)) and hasattr(model, "forward_intermediates")
     return FrozenTeacher(
         model, input_size=size, mean=mean, std=std, in_channels=len(mean), feature_fn="forward_features",
         num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0) or 0), autocast_dtype=autocast_dtype,
-        name=teacher_name,
+        name=teacher_name, stage_taps=timm_taps(model) if tappable else None,
     )
 
 
@@ -130,6 +142,28 @@ def torchvision_trunk(model: nn.Module, name: str) -> nn.Module:
     if hasattr(model, "trunk_output") and hasattr(model, "stem"):
         return nn.Sequential(model.stem, model.trunk_output)
     raise ValueError(f"torchvision model {name!r} has no convolutional feature trunk; use a 'timm:' name instead.")
+
+
+def torchvision_taps(model: nn.Module, trunk: nn.Module) -> StageTaps:
+    """Deep RD stage taps of a torchvision classifier's trunk (:func:`torchvision_trunk`), named by their paths in
+    the classifier: ResNets ``layer1 .. layer4``, RegNets ``trunk_output.block1 .. block4``, other models the last
+    module of ``features`` at each of its last 4 strides (e.g. ``features.denseblock1 .. features.norm5`` of a
+    DenseNet, ``features.3 .. features.18`` of MobileNetV2). Any submodule can be named by its path.
+
+    Args:
+        model: the torchvision classifier.
+        trunk: its trunk, the teacher's model.
+
+    Returns:
+        :class:`GraphTaps` (torchvision's ``create_feature_extractor``).
+    """
+    if trunk is getattr(model, "features", None):
+        named = [(f"features.{n}", m) for n, m in trunk.named_children()]
+        return GraphTaps(stride_stage_ends(named), path_map={"features": ""})
+    if hasattr(model, "layer4"):
+        return resnet_trunk_taps()
+    blocks = [f"trunk_output.{n}" for n, _ in model.trunk_output.named_children()]
+    return GraphTaps(blocks[-4:], path_map={"stem": "0", "trunk_output": "1"})
 
 
 @register_teacher_prefix("torchvision")
@@ -184,9 +218,10 @@ def torchvision_teacher(
     state = read_state_dict(path, select=prefix or ())
     _fix_legacy_densenet(state)
     load_into(model, state, source=str(path))
+    trunk = torchvision_trunk(model, model_name)
     return FrozenTeacher(
-        torchvision_trunk(model, model_name), input_size=size, mean=tuple(mean), std=tuple(std), in_channels=len(mean),
-        autocast_dtype=autocast_dtype, name=teacher_name,
+        trunk, input_size=size, mean=tuple(mean), std=tuple(std), in_channels=len(mean),
+        autocast_dtype=autocast_dtype, name=teacher_name, stage_taps=torchvision_taps(model, trunk),
     )
 
 
@@ -226,9 +261,33 @@ class OpenCLIPVisualTrunk(nn.Module):
         if hasattr(v, "layer4"):  # ModifiedResNet
             x = v.stem(x) if hasattr(v, "stem") else x
             return v.layer4(v.layer3(v.layer2(v.layer1(x))))
-        if hasattr(v, "forward_intermediates"):  # VisionTransformer
-            return v.forward_intermediates(x, indices=1, intermediates_only=True, output_fmt="NCHW")[-1]
+        if hasattr(v, "forward_intermediates"):  # VisionTransformer: open_clip returns a dict of lists
+            out = v.forward_intermediates(x, indices=1, intermediates_only=True, output_fmt="NCHW")
+            return out["image_intermediates"][-1]
         raise ValueError(f"unsupported open_clip image tower {type(v).__name__}.")
+
+
+def open_clip_taps(visual: nn.Module) -> StageTaps | None:
+    """Deep RD stage taps of an open_clip image tower inside :class:`OpenCLIPVisualTrunk`: a timm trunk's
+    (:func:`timm_taps`), a ModifiedResNet's ``layer1 .. layer4``, a VisionTransformer's
+    ``transformer.resblocks.<i>`` at 4 evenly spaced depths (open_clip's ``forward_intermediates``, final norm
+    not applied, as on the feature map); None for other towers.
+
+    Args:
+        visual: ``model.visual``.
+    """
+    if hasattr(visual, "trunk"):
+        tappable = bool(getattr(visual.trunk, "feature_info", None)) and hasattr(visual.trunk, "forward_intermediates")
+        return timm_taps(visual.trunk, attr="visual.trunk") if tappable else None
+    if hasattr(visual, "layer4") and hasattr(visual, "forward_intermediates"):
+        names = ["stem", "layer1", "layer2", "layer3", "layer4"]
+        return OpenCLIPTaps(names[1:], {n: i for i, n in enumerate(names)}, attr="visual")
+    if hasattr(visual, "transformer") and hasattr(visual, "forward_intermediates"):
+        depth = len(visual.transformer.resblocks)
+        names = [f"transformer.resblocks.{i}" for i in range(depth)]
+        default = [names[i] for i in evenly_spaced(depth)]
+        return OpenCLIPTaps(default, {n: i for i, n in enumerate(names)}, attr="visual")
+    return None
 
 
 @register_teacher_prefix("open_clip")
@@ -294,7 +353,7 @@ def open_clip_teacher(
     prefix_tokens = int(getattr(visual.trunk, "num_prefix_tokens", 0) or 0) if hasattr(visual, "trunk") else 0
     return FrozenTeacher(
         trunk, input_size=size, mean=mean, std=std, in_channels=len(mean), num_prefix_tokens=prefix_tokens,
-        autocast_dtype=autocast_dtype, name=teacher_name,
+        autocast_dtype=autocast_dtype, name=teacher_name, stage_taps=open_clip_taps(visual),
     )
 
 
@@ -377,6 +436,7 @@ def state_dict_teacher(arch: str, weights: str | os.PathLike | None = None, **kw
     out_channels=1280,
     weights_file="efficientnet-lite0-57934424.pth (inside the package)",
     checkpoint_layout="efficientnet_lite_pytorch EfficientNet state_dict",
+    stages=EFFICIENTNET_LITE0_STAGES,
 )
 def _efficientnet_lite0(
     weights: str | os.PathLike | None = None,

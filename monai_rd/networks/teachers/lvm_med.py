@@ -19,14 +19,29 @@ import torch
 import torch.nn as nn
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
+from monai_rd.networks.stage_taps import GraphTaps, vit_block_stages, vit_block_taps
 from monai_rd.networks.teachers.checkpoint import read_state_dict, resolve_weights
 from monai_rd.networks.teachers.registry import load_teacher, register_teacher
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SamViTTrunk", "lvm_med_resnet50_teacher", "lvm_med_vit_b_teacher", "resnet_trunk"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RESNET_STAGES",
+    "SamViTTrunk",
+    "lvm_med_resnet50_teacher",
+    "lvm_med_vit_b_teacher",
+    "resnet_trunk",
+    "resnet_trunk_taps",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _README = "the Google Drive links in https://github.com/duyhominhnguyen/LVM-Med#pretrained-models"
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+# torchvision ResNet child -> its index in resnet_trunk's nn.Sequential
+_RESNET_TRUNK_INDEX = {
+    "conv1": "0", "bn1": "1", "relu": "2", "maxpool": "3", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"
+}
 
 
 def resnet_trunk(model: nn.Module) -> nn.Sequential:
@@ -43,6 +58,12 @@ def resnet_trunk(model: nn.Module) -> nn.Sequential:
     )
 
 
+def resnet_trunk_taps() -> GraphTaps:
+    """Deep RD stage taps of :func:`resnet_trunk`: ``layer1 .. layer4`` (strides 4 to 32); any submodule can be named
+    by its torchvision path (e.g. ``layer3.5``)."""
+    return GraphTaps(RESNET_STAGES, path_map=_RESNET_TRUNK_INDEX)
+
+
 @register_teacher(
     "lvm-med-resnet50",
     architecture="torchvision ResNet-50",
@@ -55,6 +76,7 @@ def resnet_trunk(model: nn.Module) -> nn.Sequential:
     out_channels=2048,
     weights_file="lvmmed_resnet.torch",
     checkpoint_layout="torchvision ResNet-50 state_dict (conv1.*, bn1.*, layer1-4.*; fc.* ignored if present)",
+    stages=RESNET_STAGES,
 )
 def lvm_med_resnet50_teacher(
     weights: str | os.PathLike | None = None,
@@ -86,7 +108,7 @@ def lvm_med_resnet50_teacher(
     model.fc = nn.Identity()  # LVM-Med releases the encoder without a classifier; a stray fc.* is ignored
     return load_teacher(
         "lvm-med-resnet50", model, path, read_state_dict(path, strip="module."), trunk=resnet_trunk, ignore=("fc.*",),
-        input_size=input_size, autocast_dtype=autocast_dtype,
+        input_size=input_size, autocast_dtype=autocast_dtype, stage_taps=resnet_trunk_taps(),
     )
 
 
@@ -145,6 +167,7 @@ def sam_encoder_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     out_channels=768,
     weights_file="lvmmed_vit.pth",
     checkpoint_layout="SAM image-encoder keys (patch_embed.*, pos_embed, blocks.<i>.*, neck.*); image_encoder.* accepted",
+    stages=vit_block_stages(12),
 )
 def lvm_med_vit_b_teacher(
     weights: str | os.PathLike | None = None,
@@ -182,4 +205,6 @@ def lvm_med_vit_b_teacher(
     return load_teacher(
         "lvm-med-vit-b", vit, path, sam_encoder_state(path), trunk=SamViTTrunk, input_size=size,
         autocast_dtype=autocast_dtype,
+        # block outputs before the neck (SAM's "norm" is the neck), so the last block's tap is the feature map
+        stage_taps=vit_block_taps(depth, norm=False, attr="vit"),
     )

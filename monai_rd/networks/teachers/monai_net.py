@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
+from monai_rd.networks.stage_taps import EncoderTaps, HookTaps
 from monai_rd.networks.teachers.checkpoint import checked_file, load_into, read_state_dict
 from monai_rd.networks.teachers.registry import register_teacher_prefix
 
@@ -41,6 +42,7 @@ __all__ = [
     "check_swin_unetr_input_size",
     "encoder_stage_index",
     "encoder_tag",
+    "encoder_taps",
     "monai_net_teacher",
     "require_einops",
     "resolve_monai_net",
@@ -317,6 +319,26 @@ def encoder_tag(attr: str, stage: int, normalize: bool) -> str:
     return f"{attr}[{stage}]" + ("" if normalize else ",normalize=False")
 
 
+def encoder_taps(encoder: nn.Module) -> EncoderTaps:
+    """Deep RD stage taps of a SwinTransformer-like encoder held by an :class:`EncoderStage`: its maps named
+    ``patch_embed`` (stage 0) and ``layers1 .. layers<num_layers>`` (MONAI's attribute names), the default being
+    ``layers1 .. layers4`` (strides 4 to 32).
+
+    Args:
+        encoder: e.g. SwinUNETR's ``swinViT``.
+    """
+    n = int(getattr(encoder, "num_layers", 4))
+    names = ["patch_embed"] + [f"layers{i}" for i in range(1, n + 1)]
+    return EncoderTaps(names[1:], {name: i for i, name in enumerate(names)})
+
+
+def _hook_taps(model: nn.Module) -> HookTaps:
+    # MONAI ResNets (and torchvision-style networks) have layer1..layer4; other networks name their taps
+    default = ("layer1", "layer2", "layer3", "layer4")
+    modules = dict(model.named_modules())
+    return HookTaps(default if all(n in modules for n in default) else (), root="model")
+
+
 @register_teacher_prefix("monai")
 def monai_net_teacher(
     net_name: str,
@@ -359,7 +381,10 @@ def monai_net_teacher(
 
     Returns:
         A :class:`FrozenTeacher` named ``monai:<Net>@<layer>`` (e.g. ``monai:SwinUNETR@swinViT[4]``) that takes
-        (B, 1 or C, *spatial) inputs in [0, 1] and returns (B, C_T, *spatial_T) float32 maps.
+        (B, 1 or C, *spatial) inputs in [0, 1] and returns (B, C_T, *spatial_T) float32 maps. Its stage taps (Deep
+        RD): with an image encoder, the encoder's maps (:func:`encoder_taps`); otherwise any submodule, taken with
+        forward hooks (no library extracts from MONAI networks), ``layer1 .. layer4`` by default where the network
+        has them (MONAI's ResNets); other networks name them with ``create_teacher(..., stages=[<paths>])``.
 
     Raises:
         KeyError: ``net_name`` is not a network of ``monai.networks.nets``.
@@ -408,6 +433,7 @@ def monai_net_teacher(
     if feature_layer is not None:
         features: nn.Module = LayerOutput(model, feature_layer)
         tag = feature_layer
+        taps: EncoderTaps | HookTaps = _hook_taps(model)
     else:
         assert encoder_attr is not None
         encoder = getattr(model, encoder_attr)
@@ -415,6 +441,7 @@ def monai_net_teacher(
         # only the encoder is kept: the decoder never runs and its weights do not enter the fingerprint
         features = EncoderStage(encoder, index, {"normalize": normalize})
         tag = encoder_tag(encoder_attr, index, normalize)
+        taps = encoder_taps(encoder)
 
     channels = int(net_kwargs.get("in_channels", net_kwargs.get("n_input_channels", len(mean) if mean else 1)))
     if intensity_range is not None:
@@ -427,4 +454,5 @@ def monai_net_teacher(
         in_channels=channels,
         autocast_dtype=autocast_dtype,
         name=f"{teacher_name}@{tag}",
+        stage_taps=taps,
     )

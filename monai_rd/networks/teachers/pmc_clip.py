@@ -18,10 +18,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
+from monai_rd.networks.stage_taps import GraphTaps
 from monai_rd.networks.teachers.checkpoint import read_state_dict, resolve_weights
+from monai_rd.networks.teachers.lvm_med import RESNET_STAGES
 from monai_rd.networks.teachers.registry import load_teacher, register_teacher
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "ModifiedResNet", "pmc_clip_rn50_teacher"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ModifiedResNet", "modified_resnet_taps", "pmc_clip_rn50_teacher"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -162,6 +164,17 @@ class ModifiedResNet(nn.Module):
         return self.attnpool(self.forward_features(x))
 
 
+def modified_resnet_taps(attention_pool: type[nn.Module] = _AttentionPool2d, root: str = "") -> GraphTaps:
+    """Deep RD stage taps of a CLIP ModifiedResNet: ``layer1 .. layer4`` (strides 4 to 32), traced with torch.fx
+    with its attention pool as a leaf (the taps never reach it, so it is dropped from the graph and never run).
+
+    Args:
+        attention_pool: the attention pool's class (open_clip's ModifiedResNet has its own).
+        root: path of the ModifiedResNet inside the teacher's model (e.g. ``"visual"``), "" for the model itself.
+    """
+    return GraphTaps(RESNET_STAGES, root=root, leaf_modules=[attention_pool])
+
+
 def pmc_clip_visual_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read the PMC-CLIP image tower from ``checkpoint.pt`` (``module.visual.*``) or a bare encoder export.
 
@@ -186,6 +199,7 @@ def pmc_clip_visual_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     out_channels=2048,
     weights_file="checkpoint.pt",
     checkpoint_layout='{"state_dict": {"module.visual.<ModifiedResNet key>": ...}} (bare keys also accepted)',
+    stages=RESNET_STAGES,
 )
 def pmc_clip_rn50_teacher(
     weights: str | os.PathLike | None = None,
@@ -216,5 +230,5 @@ def pmc_clip_rn50_teacher(
     model = ModifiedResNet(layers=(3, 4, 6, 3), output_dim=768, heads=32, image_size=224, width=64)
     return load_teacher(
         "pmc-clip-rn50", model, path, pmc_clip_visual_state(path), feature_fn="forward_features",
-        input_size=input_size, autocast_dtype=autocast_dtype,
+        input_size=input_size, autocast_dtype=autocast_dtype, stage_taps=modified_resnet_taps(),
     )

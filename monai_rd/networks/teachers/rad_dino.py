@@ -17,10 +17,12 @@ import torch
 import torch.nn as nn
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
+from monai_rd.networks.stage_taps import HiddenStateTaps
+from monai_rd.networks.stages import evenly_spaced
 from monai_rd.networks.teachers.checkpoint import read_state_dict, resolve_weights
 from monai_rd.networks.teachers.registry import load_teacher, register_teacher
 
-__all__ = ["RAD_DINO_CONFIG", "RAD_DINO_HF_REPO", "HFVisionTrunk", "rad_dino_teacher"]
+__all__ = ["RAD_DINO_CONFIG", "RAD_DINO_HF_REPO", "HFVisionTrunk", "dinov2_layer_stages", "rad_dino_teacher"]
 
 RAD_DINO_HF_REPO = "microsoft/rad-dino"
 # preprocessor_config.json of microsoft/rad-dino (used when the file itself is not at hand)
@@ -84,6 +86,15 @@ class HFVisionTrunk(nn.Module):
         return self.model(pixel_values=x).last_hidden_state
 
 
+def dinov2_layer_stages(num_layers: int) -> tuple[str, ...]:
+    """Default Deep RD stage taps of a Dinov2Model: ``encoder.layer.<i>`` at 4 evenly spaced depths (2, 5, 8, 11).
+
+    Args:
+        num_layers: ``num_hidden_layers``.
+    """
+    return tuple(f"encoder.layer.{i}" for i in evenly_spaced(num_layers))
+
+
 def _hub_file(name: str) -> Path | None:
     """A small published config file from the cache/hub, or None (the built-in copies of its values are used)."""
     try:
@@ -104,6 +115,7 @@ def _hub_file(name: str) -> Path | None:
     out_channels=768,
     weights_file="model.safetensors",
     checkpoint_layout="transformers Dinov2Model keys (embeddings.*, encoder.layer.<i>.*, layernorm.*)",
+    stages=dinov2_layer_stages(12),
 )
 def rad_dino_teacher(
     weights: str | os.PathLike | None = None,
@@ -125,7 +137,8 @@ def rad_dino_teacher(
             ``num_hidden_layers=2``; the checkpoint must match).
 
     Returns:
-        The frozen teacher.
+        The frozen teacher; its stage taps (Deep RD) are layers 2, 5, 8 and 11 (evenly spaced over the layers) from
+        ``output_hidden_states``, layer-normalised as ``last_hidden_state``: (B, 768, 37, 37) maps at 518 px.
 
     Raises:
         ImportError: ``transformers`` is not installed.
@@ -166,8 +179,13 @@ def rad_dino_teacher(
             size = (crop["height"], crop["width"])
 
     model = Dinov2Model(Dinov2Config(**cfg))
+    layers = int(cfg["num_hidden_layers"])
+    taps = HiddenStateTaps(
+        dinov2_layer_stages(layers), {f"encoder.layer.{i}": i for i in range(layers)}, attr="model",
+        norm="layernorm", num_prefix_tokens=1, patch_size=int(cfg["patch_size"]),
+    )
     return load_teacher(
         "rad-dino", model, path, read_state_dict(path, strip="dinov2."), trunk=HFVisionTrunk,
         rename=dinov2_key_mapper(model), num_prefix_tokens=1, input_size=size, mean=mean, std=std,
-        autocast_dtype=autocast_dtype,
+        autocast_dtype=autocast_dtype, stage_taps=taps,
     )

@@ -20,10 +20,18 @@ import torch
 import torch.nn as nn
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
+from monai_rd.networks.stage_taps import GraphTaps
 from monai_rd.networks.teachers.checkpoint import read_state_dict, resolve_weights
+from monai_rd.networks.teachers.lvm_med import RESNET_STAGES, resnet_trunk_taps
 from monai_rd.networks.teachers.registry import load_teacher, register_teacher
 
-__all__ = ["RADIMAGENET_MEAN", "RADIMAGENET_STD", "radimagenet_densenet121_teacher", "radimagenet_resnet50_teacher"]
+__all__ = [
+    "DENSENET_STAGES",
+    "RADIMAGENET_MEAN",
+    "RADIMAGENET_STD",
+    "radimagenet_densenet121_teacher",
+    "radimagenet_resnet50_teacher",
+]
 
 RADIMAGENET_MEAN = (0.5, 0.5, 0.5)
 RADIMAGENET_STD = (0.5, 0.5, 0.5)
@@ -31,6 +39,8 @@ _DRIVE = "the RadImageNet Google Drive linked from https://github.com/BMEII-AI/R
 
 # torchvision ResNet child index -> name in nn.Sequential(*children[:9])
 _RESNET_CHILDREN = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
+# Deep RD stage taps of the DenseNet's `features`: the last module at strides 4, 8, 16 and 32
+DENSENET_STAGES = ("denseblock1", "denseblock2", "denseblock3", "norm5")
 
 
 class RadImageNetBackbone(nn.Module):
@@ -86,10 +96,13 @@ def _to_backbone_layout(key: str, arch: str) -> str:
 
 def _build(arch: str, name: str, filename: str, weights, sha256, autocast_dtype, input_size) -> FrozenTeacher:
     path = resolve_weights(weights, filename=f"radimagenet/{filename}", name=name, manual=_DRIVE, sha256=sha256)
+    # the ResNet trunk is conv1..layer4 in torchvision order, as resnet_trunk; the DenseNet trunk is `features`
+    taps = resnet_trunk_taps() if arch == "resnet50" else GraphTaps(DENSENET_STAGES)
     return load_teacher(
         name, RadImageNetBackbone(arch), path, read_state_dict(path, strip="module."),
         trunk=RadImageNetBackbone.feature_trunk, rename=lambda k: _to_backbone_layout(k, arch),
         ignore=("fc.*", "classifier.*", "linear.*"), input_size=input_size, autocast_dtype=autocast_dtype,
+        stage_taps=taps,
     )
 
 
@@ -105,6 +118,7 @@ def _build(arch: str, name: str, filename: str, weights, sha256, autocast_dtype,
     out_channels=2048,
     weights_file="ResNet50.pt",
     checkpoint_layout="backbone.<i>.<torchvision key> (i: 0 conv1, 1 bn1, 4-7 layer1-4); torchvision keys accepted",
+    stages=RESNET_STAGES,
 )
 def radimagenet_resnet50_teacher(
     weights: str | os.PathLike | None = None,
@@ -142,6 +156,7 @@ def radimagenet_resnet50_teacher(
     out_channels=1024,
     weights_file="DenseNet121.pt",
     checkpoint_layout="backbone.0.<torchvision features key>; torchvision keys (features.*) accepted",
+    stages=DENSENET_STAGES,
 )
 def radimagenet_densenet121_teacher(
     weights: str | os.PathLike | None = None,

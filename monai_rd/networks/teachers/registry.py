@@ -11,6 +11,15 @@ Reprogramming Distillation uses. Names with a prefix build any model a library c
 - ``torchscript:<file>`` (a scripted/traced model),
 - ``state_dict:<arch>`` with ``weights=<file>`` (a plain state_dict for a named architecture),
 - ``monai:<Net>`` with ``weights=<file>`` (a ``monai.networks.nets`` network, e.g. SwinUNETR).
+
+Stage taps (Deep RD, :meth:`FrozenTeacher.stage_maps`): a named teacher's spec lists its default taps
+(:attr:`TeacherSpec.stages`); prefixed teachers get them by rule: ``timm:`` the last 4 entries of the model's
+``feature_info`` (a ViT: 4 evenly spaced blocks, final norm applied), ``torchvision:`` ``layer1..layer4`` of ResNets
+and ``block1..block4`` of RegNets, else the last module of ``features`` at each of its last 4 strides, ``monai:``
+``layer1..layer4`` where the network has them and the encoder's ``layers1..layers4`` for SwinUNETR, ``open_clip:``
+as its timm trunk or ``layer1..layer4``. ``create_teacher(name, stages=[...])`` names other taps: any tap name
+the error of an unknown one lists (submodule paths for torchvision and monai networks, ``feature_info`` modules
+for timm).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
+from monai_rd.networks.stage_taps import StageTaps
 from monai_rd.networks.teachers.checkpoint import load_into, read_state_dict
 
 __all__ = [
@@ -63,6 +73,9 @@ class TeacherSpec:
         spacing: voxel spacing (mm) the teacher was trained at, resampled to by the data transforms; None when the
             teacher resizes to ``input_size`` instead.
         axcodes: orientation of the teacher's input axes (e.g. ``"RAS"``), set by the data transforms.
+        stages: the default stage taps of :meth:`FrozenTeacher.stage_maps` (Deep RD), shallow to deep, for the
+            published architecture (a test build with fewer blocks has fewer); the last is the feature layer where
+            the two coincide.
     """
 
     name: str
@@ -80,6 +93,7 @@ class TeacherSpec:
     intensity_range: tuple[float, float] | None = None
     spacing: tuple[float, ...] | None = None
     axcodes: str | None = None
+    stages: tuple[str, ...] = ()
 
 
 _TEACHERS: dict[str, TeacherSpec] = {}
@@ -122,6 +136,7 @@ def register_teacher(
     intensity_range: Sequence[float] | None = None,
     spacing: Sequence[float] | None = None,
     axcodes: str | None = None,
+    stages: Sequence[str] = (),
 ) -> Callable[[TeacherBuilder], TeacherBuilder]:
     """Decorator registering a teacher builder under ``name`` with its :class:`TeacherSpec`.
 
@@ -140,6 +155,7 @@ def register_teacher(
         intensity_range: raw intensity window mapped to [0, 1] before the teacher (e.g. HU for CT teachers).
         spacing: voxel spacing the teacher expects (3D teachers), if any.
         axcodes: input orientation the teacher expects (3D teachers), if any.
+        stages: the default stage taps its builder gives the teacher (Deep RD).
 
     Returns:
         The decorator; it returns the builder unchanged.
@@ -169,6 +185,7 @@ def register_teacher(
             intensity_range=(float(intensity_range[0]), float(intensity_range[1])) if intensity_range else None,
             spacing=tuple(float(v) for v in spacing) if spacing else None,
             axcodes=axcodes,
+            stages=tuple(stages),
         )
         return builder
 
@@ -230,13 +247,17 @@ def get_teacher_spec(name: str) -> TeacherSpec:
     return _TEACHERS[name]
 
 
-def create_teacher(name: str, weights: str | os.PathLike | None = None, **kwargs) -> FrozenTeacher:
+def create_teacher(
+    name: str, weights: str | os.PathLike | None = None, stages: Sequence[str] | None = None, **kwargs
+) -> FrozenTeacher:
     """Build a frozen teacher by name.
 
     Args:
         name: a registered name (:func:`list_teachers`) or ``<prefix>:<model>`` (:func:`list_teacher_prefixes`).
         weights: local checkpoint (file, or folder for Hugging Face style teachers); None uses the standard cache
             and downloads into it when possible.
+        stages: the stage taps :meth:`FrozenTeacher.stage_maps` returns (Deep RD); None keeps the teacher's
+            default taps.
         kwargs: passed to the builder, e.g. ``sha256="<hex>"`` (checked before loading), ``autocast_dtype``,
             ``input_size``; family-specific options are documented on each builder.
 
@@ -247,16 +268,19 @@ def create_teacher(name: str, weights: str | os.PathLike | None = None, **kwargs
         KeyError: unknown name or prefix.
         WeightsUnavailableError: weights neither local nor downloadable (names the file and where to place it).
         CheckpointKeyError: the checkpoint's keys do not match the architecture.
+        ValueError: ``stages`` for a teacher without stage taps, or a name that is not one of its taps.
     """
     _load_builtins()
     if ":" in name:
         prefix, rest = name.split(":", 1)
         if prefix not in _PREFIXES:
             raise KeyError(f"unknown teacher prefix {prefix!r} in {name!r}; known prefixes: {sorted(_PREFIXES)}.")
-        return _PREFIXES[prefix](rest, weights, **kwargs)
-    spec = get_teacher_spec(name)
-    assert spec.builder is not None
-    return spec.builder(weights, **kwargs)
+        teacher = _PREFIXES[prefix](rest, weights, **kwargs)
+    else:
+        spec = get_teacher_spec(name)
+        assert spec.builder is not None
+        teacher = spec.builder(weights, **kwargs)
+    return teacher.select_stages(stages) if stages is not None else teacher
 
 
 def wrap_teacher(
@@ -269,6 +293,7 @@ def wrap_teacher(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     autocast_dtype=None,
+    stage_taps: StageTaps | None = None,
 ) -> FrozenTeacher:
     """Wrap a loaded model as a :class:`FrozenTeacher` with the registered spec's preprocessing.
 
@@ -281,6 +306,7 @@ def wrap_teacher(
         mean: override of the mean (e.g. read from the checkpoint's own preprocessing config).
         std: override of the std.
         autocast_dtype: optional autocast dtype.
+        stage_taps: the teacher's stage taps (Deep RD); their default should be the spec's ``stages``.
 
     Returns:
         The frozen teacher, named ``spec_name``.
@@ -296,6 +322,7 @@ def wrap_teacher(
         num_prefix_tokens=num_prefix_tokens,
         autocast_dtype=autocast_dtype,
         name=spec_name,
+        stage_taps=stage_taps,
     )
 
 
@@ -323,7 +350,7 @@ def load_teacher(
         rename: published key -> module key, applied before matching.
         ignore: ``fnmatch`` patterns of checkpoint keys deliberately left unused (e.g. a classifier head).
         wrap_kwargs: passed to :func:`wrap_teacher` (``input_size``, ``mean``, ``std``, ``num_prefix_tokens``,
-            ``autocast_dtype``).
+            ``autocast_dtype``, ``stage_taps``).
 
     Returns:
         The frozen teacher, named ``spec_name``.

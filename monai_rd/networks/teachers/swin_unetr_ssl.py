@@ -31,6 +31,7 @@ from monai_rd.networks.teachers.monai_net import (
     check_swin_unetr_input_size,
     encoder_stage_index,
     encoder_tag,
+    encoder_taps,
     require_einops,
     resolve_monai_net,
     window_mean_std,
@@ -92,6 +93,7 @@ def published_to_monai_key(key: str) -> str:
     "('module.swin_vit.*') and SwinUNETR checkpoints ('swinViT.*') are accepted through their encoder prefix",
     intensity_range=SWIN_UNETR_SSL_HU_WINDOW,
     axcodes="RAS",
+    stages=("layers1", "layers2", "layers3", "layers4"),
 )
 def swin_unetr_ssl_teacher(
     weights: str | os.PathLike | None = None,
@@ -123,6 +125,8 @@ def swin_unetr_ssl_teacher(
         A :class:`FrozenTeacher` taking (B, 1, D, H, W) RAS volumes in [0, 1] and returning
         (B, feature_size * 2**stage, D/2**(stage+1), H/2**(stage+1), W/2**(stage+1)) float32 maps, by default
         (B, 768, D/32, H/32, W/32). Named ``swin-unetr-ssl``, with ``@swinViT[<stage>]`` appended for other stages.
+        Its stage taps (Deep RD) are the encoder's ``layers1 .. layers4`` maps (``patch_embed`` can be named too),
+        layer-normalised like the feature map when ``normalize``: ``feature_size * 2**i`` channels at /2**(i+1).
 
     Raises:
         ImportError: MONAI's optional ``einops`` (needed by SwinUNETR) is not installed.
@@ -153,4 +157,5 @@ def swin_unetr_ssl_teacher(
         in_channels=1,
         autocast_dtype=autocast_dtype,
         name=NAME if default else f"{NAME}@{encoder_tag('swinViT', index, normalize)}",
+        stage_taps=encoder_taps(encoder),
     )

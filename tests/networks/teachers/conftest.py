@@ -27,3 +27,18 @@ def offline_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     yield tmp_path / "hub" / "checkpoints"
     torch.hub.set_dir(old)
+
+
+@pytest.fixture
+def randomise():
+    """A function giving a model non-default weights and BatchNorm statistics (so a wrong tap or mapping shows)."""
+
+    def apply(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, t in model.state_dict().items():
+                if t.dtype.is_floating_point:
+                    t.copy_(torch.rand(t.shape, generator=g) * 0.1 + (1.0 if "running_var" in name else 0.0))
+        return model.eval()
+
+    return apply

@@ -18,19 +18,10 @@ RESNET = dict(block="basic", layers=(1, 1, 1, 1), block_inplanes=(4, 8, 16, 32),
 SWIN = dict(in_channels=1, out_channels=2, feature_size=12)
 
 
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.dtype.is_floating_point:
-                t.copy_(torch.rand(t.shape, generator=g) * 0.1 + (1.0 if "running_var" in name else 0.0))
-    return model.eval()
-
-
 @pytest.fixture
-def resnet_file(tmp_path):
+def resnet_file(tmp_path, randomise):
     torch.manual_seed(0)
-    net = _randomise(ResNet(**RESNET))
+    net = randomise(ResNet(**RESNET))
     path = tmp_path / "resnet.pt"
     # a DistributedDataParallel training checkpoint
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
