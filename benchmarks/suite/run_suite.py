@@ -40,7 +40,7 @@ if REPO not in sys.path:  # run from a checkout without `pip install -e .`
 
 from monai_rd.compare import cli as compare_cli  # noqa: E402
 from monai_rd.compare.grid import parse_overrides, plan_grid  # noqa: E402
-from monai_rd.compare.methods import METHODS  # noqa: E402
+from monai_rd.methods import METHODS  # noqa: E402
 
 DEFAULT_BUNDLE = os.path.join(REPO, "bundles", "rd_classify")
 DEFAULT_RESULTS = os.path.join(REPO, "benchmarks", "results", "suite")

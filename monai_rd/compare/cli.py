@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from monai_rd.compare.grid import GridRun, bundle_default, parse_overrides, plan_grid, run_grid
-from monai_rd.compare.methods import METHODS
+from monai_rd.methods import METHODS
 from monai_rd.errors import MonaiRDError, OptionError
 
 __all__ = ["main"]

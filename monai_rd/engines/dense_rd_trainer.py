@@ -56,7 +56,7 @@ class DenseRDTrainer(RDTrainer):
         network: nn.Module,
         optimizer: Optimizer,
         loss_function: DenseRDLoss,
-        reprogrammer: nn.Module,
+        reprogrammer: nn.Module | None = None,
         teacher: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:

@@ -52,12 +52,15 @@ class RDTrainer(DistillationTrainer):
         network: nn.Module,
         optimizer: Optimizer,
         loss_function: RDLoss,
-        reprogrammer: nn.Module,
+        reprogrammer: nn.Module | None = None,
         teacher: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         if reprogrammer is None:
-            raise ValueError("RDTrainer needs a reprogrammer (Phi) to map the teacher's features; pass reprogrammer=.")
+            raise ValueError(
+                "RDTrainer needs a reprogrammer (Phi) to map the teacher's features; pass reprogrammer= (the student "
+                "alone trains with DistillationTrainer)."
+            )
         if not isinstance(loss_function, RDLoss):
             raise ValueError(f"loss_function must be a monai_rd.losses.RDLoss, got {type(loss_function).__name__}.")
         super().__init__(

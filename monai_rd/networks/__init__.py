@@ -2,7 +2,8 @@
 teacher's stage taps, the students' stages and the stage projectors phi_i."""
 
 from monai_rd.networks.adapted_teacher import AdaptedTeacherClassifier
-from monai_rd.networks.frozen_teacher import FrozenTeacher, tokens_to_map
+from monai_rd.networks.frozen_teacher import FrozenTeacher
+from monai_rd.networks.token_maps import tokens_to_map
 from monai_rd.networks.reprogramming import ReprogrammingNet, ResidualMLPBlock
 from monai_rd.networks.segmentation_student import (
     SegmentationStudent,

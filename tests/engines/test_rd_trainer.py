@@ -8,12 +8,13 @@ from monai.data import DataLoader, Dataset
 from monai.handlers import CheckpointSaver, ParamSchedulerHandler
 from monai.transforms import Compose, CopyItemsd, EnsureTyped, LoadImaged
 from monai_rd.data import CachedTeacherFeaturesd, TeacherFeatureCache
-from monai_rd.engines import RD_OUTPUT_KEYS, RDTrainer
+from monai_rd.engines import DistillationTrainer, RDTrainer
 from monai_rd.errors import NonFiniteError
 from monai_rd.losses import RDLoss
 from monai_rd.networks import FrozenTeacher, ReprogrammingNet, StudentClassifier
 
 TERMS = ("loss", "ce_student", "ce_teacher", "kd", "cka")
+RD_OUTPUT_KEYS = (*TERMS, "alpha", "beta")
 
 
 def _data(n=24, b=6, seed=0):
@@ -45,6 +46,8 @@ def _parts(seed=0, backbone=None):
 def _trainer(data, teacher, student, phi, epochs=2, lr=0.1, loss=None, **kwargs):
     params = list(student.parameters()) + (list(phi.parameters()) if phi is not None else [])
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if phi is None:  # the student alone
+        return DistillationTrainer("cpu", epochs, data, student, opt, loss or RDLoss(), teacher=teacher, **kwargs)
     return RDTrainer(
         device="cpu",
         max_epochs=epochs,
@@ -194,7 +197,7 @@ def test_precomputed_features_skip_the_teacher_and_train_as_the_live_teacher_doe
             raise AssertionError("teacher must not run when features are in the batch")
 
     trainer = _trainer(data, None, student, phi, epochs=2, decollate=False)
-    trainer.teacher = Exploding()
+    trainer.features.teacher = Exploding()
     terms = _record(trainer)
     trainer.run()
     assert len(terms) == len(live_terms) == 8
@@ -267,9 +270,9 @@ def test_constructor_validates_parts():
     with pytest.raises(ValueError, match="needs a reprogrammer"):
         RDTrainer("cpu", 1, _data(), student, opt, RDLoss(), teacher=teacher)
     with pytest.raises(ValueError, match="forward_features"):
-        RDTrainer("cpu", 1, _data(), nn.Linear(2, 2), opt, RDLoss())
+        RDTrainer("cpu", 1, _data(), nn.Linear(2, 2), opt, RDLoss(), reprogrammer=phi)
     with pytest.raises(ValueError, match="RDLoss"):
-        RDTrainer("cpu", 1, _data(), student, opt, nn.CrossEntropyLoss())
+        RDTrainer("cpu", 1, _data(), student, opt, nn.CrossEntropyLoss(), reprogrammer=phi)
 
 
 def test_real_feature_cache_trains_as_the_live_teacher_and_never_moves_the_teacher(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from monai_rd.bundle import as_bool, as_float, as_int, as_optional_float, as_optional_int, epoch_length
+from monai_rd.utils.options import as_bool, as_float, as_int, as_optional_float, as_optional_int, epoch_length
 from monai_rd.errors import OptionError
 
 
@@ -61,7 +61,7 @@ def test_epoch_length_refuses_an_empty_epoch():
 def test_list_options_as_a_shell_types_them():
     """Catches a window or voxel size typed as text (`--roi_size "[96,96,64]"`) reaching MONAI as a string, a list of
     the wrong length passing, and `null` not meaning "no resampling"."""
-    from monai_rd.bundle import as_float_list, as_int_list, as_optional_float_list, as_optional_str
+    from monai_rd.utils.options import as_float_list, as_int_list, as_optional_float_list, as_optional_str
 
     assert as_int_list("[96,96,64]", "roi_size", length=3) == [96, 96, 64]
     assert as_int_list(32, "roi_size", length=2) == [32, 32]  # one number for every axis

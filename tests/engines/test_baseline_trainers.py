@@ -1,12 +1,12 @@
-"""RDTrainer's baseline modes: KD from a fixed teacher head, feature-distillation terms, direct reprogramming."""
+"""The baselines' trainers: KD from a fixed teacher head (KDTrainer), feature-distillation terms (FeatureKDTrainer),
+and direct reprogramming (ReprogrammingTrainer, and its place before RD's first epoch)."""
 
 import pytest
 import torch
 import torch.nn as nn
 from ignite.engine import Events
 
-from monai_rd.engines import RDTrainer
-from monai_rd.engines.rd_trainer import FEATURE_KD_KEY
+from monai_rd.engines import FeatureKDTrainer, KDTrainer, RDTrainer, ReprogrammingTrainer, TeacherFeatureSource
 from monai_rd.losses import DistillKLLoss, FitNetsLoss, RDLoss, SimilarityPreservingLoss
 from monai_rd.networks import FrozenTeacher, ReprogrammingNet, StudentClassifier
 from monai_rd.networks.linear_probe import LinearProbe
@@ -47,8 +47,8 @@ def test_kd_from_a_fixed_teacher_head_distils_its_logits_and_never_trains_it():
         head.linear.weight.normal_()
     before = _snapshot(head)
     loss = RDLoss(alpha=0.0, gamma=0.0)
-    trainer = RDTrainer("cpu", 1, _data(), student, torch.optim.SGD(student.parameters(), lr=0.1), loss,
-                        teacher=teacher, teacher_head=head, decollate=False)
+    trainer = KDTrainer("cpu", 1, _data(), student, torch.optim.SGD(student.parameters(), lr=0.1), loss,
+                        teacher_head=head, teacher=teacher, decollate=False)
     seen = []
 
     def check(engine):  # recompute the KD term from the head on the same batch
@@ -70,12 +70,12 @@ def test_feature_loss_is_added_with_its_weight_on_the_students_map_and_trains_it
     fitnets = FitNetsLoss(4, 8)
     regressor = _snapshot(fitnets)
     opt = torch.optim.SGD([*student.parameters(), *fitnets.parameters()], lr=0.1)
-    trainer = RDTrainer("cpu", 1, _data(), student, opt, RDLoss(), teacher=teacher, feature_loss=fitnets,
-                        feature_loss_weight=3.0, decollate=False)
+    trainer = FeatureKDTrainer("cpu", 1, _data(), student, opt, RDLoss(), feature_loss=fitnets,
+                               feature_loss_weight=3.0, teacher=teacher, decollate=False)
     seen = []
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED,
-        lambda e: seen.append([float(e.state.output[k]) for k in (FEATURE_KD_KEY, "loss", "ce_student")]),
+        lambda e: seen.append([float(e.state.output[k]) for k in ("feature_kd", "loss", "ce_student")]),
     )
     trainer.run()
     assert len(seen) == 4
@@ -88,66 +88,68 @@ def test_feature_loss_is_added_with_its_weight_on_the_students_map_and_trains_it
 def test_feature_term_equals_the_loss_on_the_map_and_the_teacher_features_of_the_batch():
     teacher, student = _parts()
     sp = SimilarityPreservingLoss()
-    trainer = RDTrainer("cpu", 1, _data()[:1], student, torch.optim.SGD(student.parameters(), lr=0.0), RDLoss(),
-                        teacher=teacher, feature_loss=sp, decollate=False)
+    trainer = FeatureKDTrainer("cpu", 1, _data()[:1], student, torch.optim.SGD(student.parameters(), lr=0.0),
+                               RDLoss(), feature_loss=sp, teacher=teacher, decollate=False)
     trainer.run()  # lr 0: the weights after the step are those of the forward pass
     x = _data()[0]["image"]
     student.train()
     with torch.no_grad():
         expected = sp(student.backbone[:3](x), teacher(x))
-    assert float(trainer.state.output[FEATURE_KD_KEY]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(trainer.state.output["feature_kd"]) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_feature_loss_parameters_outside_the_optimizer_are_refused():
     teacher, student = _parts()
     with pytest.raises(ValueError, match="does not hold the feature_loss's parameters"):
-        RDTrainer("cpu", 1, _data(), student, torch.optim.SGD(student.parameters(), lr=0.1), RDLoss(),
-                  teacher=teacher, feature_loss=FitNetsLoss(4, 8))
+        FeatureKDTrainer("cpu", 1, _data(), student, torch.optim.SGD(student.parameters(), lr=0.1), RDLoss(),
+                         feature_loss=FitNetsLoss(4, 8), teacher=teacher)
 
 
-def test_teacher_head_is_refused_with_phi_or_in_the_optimizer():
+def test_teacher_head_in_the_optimizer_is_refused():
+    """Catches a KD trainer that lets the fitted teacher head train with the student."""
     teacher, student = _parts()
-    phi, head = ReprogrammingNet(8, 4, num_blocks=0), LinearProbe(8, 2)
-    opt = torch.optim.SGD([*student.parameters(), *phi.parameters()], lr=0.1)
-    with pytest.raises(ValueError, match="not both"):
-        RDTrainer("cpu", 1, _data(), student, opt, RDLoss(), teacher=teacher, reprogrammer=phi, teacher_head=head)
+    head = LinearProbe(8, 2)
     opt = torch.optim.SGD([*student.parameters(), *head.parameters()], lr=0.1)
     with pytest.raises(ValueError, match="frozen teacher head"):
-        RDTrainer("cpu", 1, _data(), student, opt, RDLoss(), teacher=teacher, teacher_head=head)
-    with pytest.raises(ValueError, match="direct_epochs=2 needs a reprogrammer"):
-        RDTrainer("cpu", 1, _data(), student, torch.optim.SGD(student.parameters(), lr=0.1), RDLoss(),
-                  teacher=teacher, teacher_head=LinearProbe(8, 2), direct_epochs=2)
+        KDTrainer("cpu", 1, _data(), student, opt, RDLoss(), teacher_head=head, teacher=teacher)
 
 
-def test_direct_reprogramming_fits_phi_and_head_first_then_keeps_them_frozen():
+def _direct_stage(student, phi, teacher, epochs=3):
+    params = [*phi.parameters(), *student.head.parameters()]
+    opt = torch.optim.AdamW(params, lr=0.05)
+    return ReprogrammingTrainer("cpu", epochs, _data(), phi, student, opt, RDLoss().supervised,
+                                TeacherFeatureSource(teacher))
+
+
+def test_direct_stage_fits_phi_and_the_head_only_then_freezes_them():
+    """Catches a direct stage that trains the student's backbone, or leaves Phi trainable afterwards."""
     teacher, student = _parts()
     phi = ReprogrammingNet(8, 4, num_blocks=1, block="bottleneck")
-    opt = torch.optim.AdamW([*student.parameters(), *phi.parameters()], lr=0.05)
-    trainer = RDTrainer("cpu", 2, _data(), student, opt, RDLoss(alpha=0.0), teacher=teacher, reprogrammer=phi,
-                        direct_epochs=3)
     initial = (_snapshot(phi), _snapshot(student.head), _snapshot(student.backbone))
-    after_direct = {}
-    trainer.add_event_handler(
-        Events.ITERATION_STARTED(once=1),
-        lambda e: after_direct.update(phi=_snapshot(phi), head=_snapshot(student.head)),
-    )
-    trainer.run()
-    assert not _same(initial[0], after_direct["phi"]) and not _same(initial[1], after_direct["head"])  # fitted first
-    assert _same(after_direct["phi"], _snapshot(phi))  # then frozen, BatchNorm statistics included
-    assert _same(after_direct["head"], _snapshot(student.head))
-    assert not _same(initial[2], _snapshot(student.backbone))  # while the student learns
+    _direct_stage(student, phi, teacher).run()
+    assert not _same(initial[0], _snapshot(phi)) and not _same(initial[1], _snapshot(student.head))
+    assert _same(initial[2], _snapshot(student.backbone))
     assert not phi.training and not any(p.requires_grad for p in [*phi.parameters(), *student.head.parameters()])
 
 
-def test_direct_stage_is_not_repeated_after_the_first_epoch():
+def test_direct_stage_refuses_an_optimizer_over_other_parameters():
+    """Catches a stage optimizer that would also update the student's backbone."""
     teacher, student = _parts()
     phi = ReprogrammingNet(8, 4, num_blocks=0)
     opt = torch.optim.AdamW([*student.parameters(), *phi.parameters()], lr=0.05)
-    trainer = RDTrainer("cpu", 2, _data(), student, opt, RDLoss(), teacher=teacher, reprogrammer=phi, direct_epochs=1)
-    before = _snapshot(phi)
-    trainer.state.epoch = 2  # as after resuming from checkpoint_epoch=1.pt
-    trainer._direct_reprogramming(trainer)
-    assert _same(before, _snapshot(phi))
-    trainer.state.epoch = 1
-    trainer._direct_reprogramming(trainer)
-    assert not _same(before, _snapshot(phi))
+    with pytest.raises(ValueError, match="outside Phi and the student's head"):
+        ReprogrammingTrainer("cpu", 1, _data(), phi, student, opt, RDLoss().supervised, TeacherFeatureSource(teacher))
+
+
+def test_a_frozen_phi_stays_frozen_and_in_eval_mode_while_rd_trains_the_student():
+    """Catches RDTrainer putting a directly reprogrammed (frozen) Phi back in train mode (its BatchNorm statistics
+    would then move with the student's batches)."""
+    teacher, student = _parts()
+    phi = ReprogrammingNet(8, 4, num_blocks=1, block="bottleneck")
+    _direct_stage(student, phi, teacher, epochs=1).run()
+    fitted = (_snapshot(phi), _snapshot(student.head))
+    opt = torch.optim.AdamW([*student.parameters(), *phi.parameters()], lr=0.05)
+    before_backbone = _snapshot(student.backbone)
+    RDTrainer("cpu", 2, _data(), student, opt, RDLoss(alpha=0.0), reprogrammer=phi, teacher=teacher).run()
+    assert _same(fitted[0], _snapshot(phi)) and _same(fitted[1], _snapshot(student.head))
+    assert not _same(before_backbone, _snapshot(student.backbone))
