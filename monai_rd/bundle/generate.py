@@ -166,6 +166,24 @@ def _options_class(config: Mapping[str, Any]) -> type | None:
     return cls
 
 
+# top-level values that share a line (their own topic), besides the options
+_ROWS = (("ckpt_dir", "output_dir", "dataset_dir"), ("teacher_weights", "cache_dir"))
+
+
+def _option_rows(config: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """Top-level keys that share lines: the paths, and the options of the config's options class by topic."""
+    target = config.get("options", {}).get("_target_", "") if isinstance(config.get("options"), Mapping) else ""
+    rows = list(_ROWS)
+    if target.endswith(".from_groups"):
+        cls = _options_class({"options": {"_target_": target[: -len(".from_groups")]}})
+        rows += [tuple(names) for names in cls.GROUPS.values()] if cls is not None else []
+    return rows
+
+
+def _plain_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and not value.startswith("$"))
+
+
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
@@ -200,13 +218,15 @@ def _one_line(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-def dump_json(obj: Any, indent: int = 0, prefix: int = 0) -> str:
+def dump_json(obj: Any, indent: int = 0, prefix: int = 0, rows: Sequence[Sequence[str]] = ()) -> str:
     """JSON with 4-space indents, a list or object on one line when that line fits in :data:`LINE_WIDTH` columns.
 
     Args:
         obj: the JSON value.
         indent: the indent of the line it starts on.
         prefix: characters before it on that line (a key and ``": "``).
+        rows: for an object, groups of its keys whose members share one line (the options of one topic), each
+            group split over several lines only where it would not fit.
     """
     line = _one_line(obj)
     if not isinstance(obj, (dict, list)) or not obj or indent + prefix + len(line) + 1 <= LINE_WIDTH:
@@ -215,8 +235,22 @@ def dump_json(obj: Any, indent: int = 0, prefix: int = 0) -> str:
     if isinstance(obj, list):
         items = [inner + dump_json(v, indent + 4) for v in obj]
     else:
-        items = []
+        row_of = {k: i for i, r in enumerate(rows) for k in r}
+        items, done = [], set()
         for k, v in obj.items():
+            if k in done:
+                continue
+            line_pairs: list[str] = []
+            if k in row_of:  # this topic's options, and the next topics' while they fit on the line
+                for r in rows[row_of[k]:]:
+                    pairs = [f"{_one_line(m)}: {_one_line(obj[m])}" for m in r if m in obj and m not in done]
+                    if len(inner) + len(", ".join(line_pairs + pairs)) + 1 > LINE_WIDTH:
+                        break
+                    line_pairs += pairs
+                    done.update(m for m in r if m in obj)
+            if line_pairs:
+                items.append(inner + ", ".join(line_pairs))
+                continue
             key = _one_line(k) + ": "
             items.append(inner + key + dump_json(v, indent + 4, len(key)))
     open_, close = ("[", "]") if isinstance(obj, list) else ("{", "}")
@@ -271,9 +305,12 @@ def generate_bundle(bundle_dir: str) -> dict[str, str]:
             # inference takes what the trained model fixes (classes, size, channels, student, ...) from model_meta.json
             skip = set(spec_fields(recipe)) if kind == "inference" and "model_spec" in config else set()
             _apply(config, {k: v for k, v in common.items() if (k == "imports" or _has_parent(config, k)) and k not in skip})
+        recipe_keys = set(config)
         _apply(config, overrides.get(kind, {}))
         config["_desc_"] = _HEADER + config.get("_desc_", "")
-        out[fname] = dump_json(config) + "\n"
+        # the bundle's own plain options (a dataset's split fraction, a task name) share a line
+        own = tuple(k for k, v in config.items() if k not in recipe_keys and _plain_scalar(v))
+        out[fname] = dump_json(config, rows=[*_option_rows(config), own]) + "\n"
     train_initialize = json.loads(out["train.json"]).get("initialize", [])
     for fname in OVERLAYS:
         overlay = os.path.join(recipe_dir, fname)

@@ -224,22 +224,20 @@ class ClassificationOptions(TrainOptions):
 
     GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "data": ("class_names", "image_size", "in_channels"),
-        "layout": ("spatial_dims", "multi_label", "unlabelled"),
+        "labels": ("spatial_dims", "multi_label", "unlabelled"),
         "reading": ("frame", "window", "slice_axis"),
-        "slice": ("slice_index", "projection"),
-        "training": ("seed", "epochs", "batch_size", "num_workers"),
-        "optimizer": ("lr", "weight_decay", "grad_clip_norm", "amp"),
-        "run": ("resume", "overwrite"),
+        "slice": ("slice_index", "projection", "seed"),
+        "training": ("epochs", "batch_size", "num_workers", "lr"),
+        "optimizer": ("weight_decay", "grad_clip_norm", "amp"),
+        "run": ("resume", "overwrite", "method", "distill"),
         "student": ("student", "student_pretrained"),
-        "method": ("method", "distill", "distill_weight"),
-        "stages": ("direct_epochs", "teacher_epochs", "teacher_lr"),
+        "stages": ("distill_weight", "direct_epochs", "teacher_epochs", "teacher_lr"),
         "lora": ("lora_rank", "lora_alpha", "lora_targets"),
         "teacher": ("teacher_name", "cache_teacher", "cache_dtype"),
-        "cache": ("cache_views", "teacher_branch_metrics"),
+        "cache": ("cache_views", "teacher_branch_metrics", "tau"),
         "phi": ("phi_blocks", "phi_block", "phi_hidden"),
-        "loss": ("gamma", "tau", "detach_teacher"),
-        "weights": ("alpha_start", "beta_start"),
-        "weight_ends": ("alpha_end", "beta_end"),
+        "loss": ("gamma", "detach_teacher", "alpha_start"),
+        "weights": ("beta_start", "alpha_end", "beta_end"),
     }
 
     teacher_name: Any = "efficientnet-lite0"
@@ -377,20 +375,17 @@ class SegmentationOptions(TrainOptions):
 
     GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "data": ("class_names", "in_channels", "spatial_dims"),
-        "window": ("roi_size", "intensity_range", "crop_foreground"),
-        "grid": ("axcodes", "pixdim"),
-        "training": ("seed", "epochs", "batch_size", "num_workers"),
-        "optimizer": ("lr", "weight_decay", "grad_clip_norm", "amp"),
+        "window": ("roi_size", "intensity_range"),
+        "grid": ("crop_foreground", "axcodes", "pixdim", "seed"),
+        "training": ("epochs", "batch_size", "num_workers", "lr"),
+        "optimizer": ("weight_decay", "grad_clip_norm", "amp"),
         "run": ("resume", "overwrite", "method", "distill"),
-        "student": ("student", "student_channels"),
-        "unet": ("student_strides", "student_res_units"),
+        "student": ("student", "student_channels", "student_strides", "student_res_units"),
         "teacher": ("teacher_name", "cache_teacher", "cache_dtype"),
-        "teacher_input": ("teacher_input_size",),
-        "phi": ("phi_blocks", "phi_block", "phi_hidden"),
-        "loss": ("gamma", "tau", "detach_teacher"),
-        "cka": ("cka_mode", "cka_num_voxels"),
-        "weights": ("alpha_start", "beta_start"),
-        "weight_ends": ("alpha_end", "beta_end"),
+        "input": ("teacher_input_size", "phi_blocks", "phi_block"),
+        "phi": ("phi_hidden", "gamma", "tau", "detach_teacher"),
+        "cka": ("cka_mode", "cka_num_voxels", "alpha_start"),
+        "weights": ("beta_start", "alpha_end", "beta_end"),
     }
 
     spatial_dims: Any = 3

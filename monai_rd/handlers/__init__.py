@@ -9,6 +9,7 @@ from monai_rd.handlers.output_transforms import loss_terms_from_engine, stacked_
 from monai_rd.handlers.predictions_csv import PredictionsCSVSaver
 from monai_rd.handlers.run_checkpoints import RunCheckpoints
 from monai_rd.handlers.run_state import RunState, data_digest
+from monai_rd.handlers.task_metrics import classification_metrics, segmentation_metrics
 from monai_rd.handlers.training_curve import TrainingCurvePlotter
 
 __all__ = [
@@ -22,8 +23,10 @@ __all__ = [
     "RunCheckpoints",
     "RunState",
     "TrainingCurvePlotter",
+    "classification_metrics",
     "data_digest",
     "loss_terms_from_engine",
+    "segmentation_metrics",
     "stacked_from_engine",
     "to_jsonable",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 from ignite.engine import Engine
 
-from monai.handlers import CheckpointLoader
+from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from monai_rd.handlers.checkpoint_saver import CrashSafeCheckpointSaver
 from monai_rd.handlers.run_state import RunState
@@ -35,11 +35,12 @@ class RunCheckpoints:
         modules: the ``network``, ``optimizer`` and ``lr_scheduler``, by those names.
         parts: the method's trainable parts besides the network (Phi, a feature loss), by name.
         fingerprint: the settings a resumed checkpoint must match.
-        evaluator: the validation engine (its best metric persists).
-        best_saver: the ``model.pt`` saver (its record persists).
-        transforms: the training transforms (their random states persist).
-        stateful: other stateful handlers (metric writers, plotters).
-        map_location: where loaded tensors go.
+        stateful: what else persists: the validation engine (its best metric), the ``model.pt`` saver (a
+            ``CheckpointSaver``: its record) and other handlers with ``state_dict`` (metric writers, plotters).
+            The training transforms' random states persist too: those of the trainer's data loader.
+
+    Raises:
+        ValueError: ``modules`` lacks one of the three, or ``stateful`` holds an object with no state to keep.
     """
 
     def __init__(
@@ -49,11 +50,7 @@ class RunCheckpoints:
         modules: Mapping[str, Any],
         parts: Mapping[str, Any],
         fingerprint: Mapping[str, Any],
-        evaluator: Any | None = None,
-        best_saver: Any | None = None,
-        transforms: Any | None = None,
         stateful: Sequence[Any] = (),
-        map_location: Any = None,
     ) -> None:
         self.save_dir = save_dir
         self.load_path = load_path
@@ -62,22 +59,34 @@ class RunCheckpoints:
             raise ValueError(f"RunCheckpoints needs the run's {sorted(missing)} in modules.")
         self.modules = {k: modules[k] for k in ("network", "optimizer", "lr_scheduler")}
         self.parts = dict(parts)
+        evaluators = [s for s in stateful if isinstance(s, Engine)]
+        savers = [s for s in stateful if isinstance(s, CheckpointSaver)]
+        others = [s for s in stateful if not isinstance(s, (Engine, CheckpointSaver))]
+        bad = [type(s).__name__ for s in others if not callable(getattr(s, "state_dict", None))]
+        if bad or len(evaluators) > 1 or len(savers) > 1:
+            raise ValueError(
+                f"RunCheckpoints' stateful takes at most one evaluator, one CheckpointSaver and objects with "
+                f"state_dict; got {[type(s).__name__ for s in stateful]}."
+            )
         self.run_state_kwargs = dict(
-            fingerprint=fingerprint, evaluator=evaluator, best_saver=best_saver, transforms=transforms,
-            stateful=stateful,
+            fingerprint=fingerprint,
+            evaluator=evaluators[0] if evaluators else None,
+            best_saver=savers[0] if savers else None,
+            stateful=others,
         )
-        self.map_location = map_location
 
     def save_dict(self, trainer: Engine) -> dict[str, Any]:
         """What every checkpoint of ``trainer``'s run holds, by name."""
-        run_state = RunState(**self.run_state_kwargs, trainer=trainer)
+        transforms = getattr(getattr(getattr(trainer, "data_loader", None), "dataset", None), "transform", None)
+        run_state = RunState(**self.run_state_kwargs, transforms=transforms, trainer=trainer)
         return {"run_state": run_state, **self.modules, "trainer": trainer, **self.parts}
 
     def attach(self, trainer: Engine) -> None:
         """Load ``load_path`` when the trainer starts (if given), and save after every epoch."""
         save_dict = self.save_dict(trainer)
         if self.load_path is not None:
-            CheckpointLoader(load_path=self.load_path, load_dict=save_dict, map_location=self.map_location).attach(trainer)
+            device = getattr(trainer.state, "device", None)  # MONAI trainers record theirs
+            CheckpointLoader(load_path=self.load_path, load_dict=save_dict, map_location=device).attach(trainer)
         CrashSafeCheckpointSaver(
             save_dir=self.save_dir, save_dict=save_dict, save_interval=1, epoch_level=True, n_saved=1
         ).attach(trainer)

@@ -298,6 +298,11 @@ class Method:
         augment = [] if self.uses_cache and self.cache_views > 1 else list(augmentation)
         return Compose([*base, *lookup, EnsureTyped(keys=keys, track_meta=False), *augment])
 
+    def validation_transforms(self, base: Sequence[Callable]) -> Compose:
+        """The validation (and test) preprocessing: the base transforms, then plain tensors."""
+        keys = "image" if self.options.task == "classification" else ["image", "label"]
+        return Compose([*base, EnsureTyped(keys=keys, track_meta=False)])
+
     def make_cache(self, transform: Callable, **kwargs: Any) -> Any:
         """A teacher-feature cache of the teacher's features through ``transform``, from the recipe's factory.
 
@@ -357,8 +362,13 @@ class Method:
                 LinearLossWeight(self.loss, name, start, end, steps).attach(trainer)
         return trainer
 
-    def branch_evaluator(self, postprocessing: Callable, key_metric: Mapping, metrics: Mapping) -> Any | None:
-        """An evaluator of a second branch to score beside the student each epoch (None: the method has none)."""
+    def branch_evaluator(self, postprocessing: Callable, metrics: Mapping[str, Mapping]) -> Any | None:
+        """An evaluator of a second branch to score beside the student each epoch (None: the method has none).
+
+        Args:
+            postprocessing: the validation's postprocessing of the predictions.
+            metrics: the validation's metrics, ``{"key": {...}, "additional": {...}}`` (copied, not shared).
+        """
         return None
 
     def run(self, trainer: Any, evaluator: Any) -> None:

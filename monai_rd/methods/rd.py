@@ -88,7 +88,7 @@ class RD(Method):
             self.branch_cache = self.make_cache(Compose(list(base)), cache_dir=None)
             build_cache_once(self.branch_cache, datalist["validation"])
 
-    def branch_evaluator(self, postprocessing: Callable, key_metric: Mapping, metrics: Mapping) -> Any | None:
+    def branch_evaluator(self, postprocessing: Callable, metrics: Mapping[str, Mapping]) -> Any | None:
         """The teacher branch ``h(Phi(T(x)))`` on the validation split's cached features (None when not scored).
 
         It holds the training's Phi and head (no copies), so it scores the current ones; its loader has its own
@@ -112,8 +112,8 @@ class RD(Method):
             val_data_loader=loader,
             network=TeacherBranch(self.reprogrammer, self.student.head),
             postprocessing=postprocessing,
-            key_val_metric=copy.deepcopy(dict(key_metric)),
-            additional_metrics=copy.deepcopy(dict(metrics)),
+            key_val_metric=copy.deepcopy(dict(metrics["key"])),
+            additional_metrics=copy.deepcopy(dict(metrics["additional"])),
             amp=o.amp,
         )
 
