@@ -236,18 +236,24 @@ def dump_json(obj: Any, indent: int = 0, prefix: int = 0, rows: Sequence[Sequenc
         items = [inner + dump_json(v, indent + 4) for v in obj]
     else:
         row_of = {k: i for i, r in enumerate(rows) for k in r}
+        order = {k: i for i, k in enumerate(obj)}
         items, done = [], set()
         for k, v in obj.items():
             if k in done:
                 continue
             line_pairs: list[str] = []
-            if k in row_of:  # this topic's options, and the next topics' while they fit on the line
+            if k in row_of:  # this topic's keys, then the next topics' while they follow it and fit on the line
+                expected = order[k]
                 for r in rows[row_of[k]:]:
-                    pairs = [f"{_one_line(m)}: {_one_line(obj[m])}" for m in r if m in obj and m not in done]
+                    members = [m for m in r if m in obj and m not in done]
+                    if not members or [order[m] for m in members] != list(range(expected, expected + len(members))):
+                        break
+                    pairs = [f"{_one_line(m)}: {_one_line(obj[m])}" for m in members]
                     if len(inner) + len(", ".join(line_pairs + pairs)) + 1 > LINE_WIDTH:
                         break
                     line_pairs += pairs
-                    done.update(m for m in r if m in obj)
+                    done.update(members)
+                    expected += len(members)
             if line_pairs:
                 items.append(inner + ", ".join(line_pairs))
                 continue

@@ -84,3 +84,60 @@ def test_check_mode_reports_a_stale_overlay(tmp_path, monkeypatch, capsys):
     (bundle / "multi_gpu_train.json").write_text("{}")
     assert main(["--check"]) == 1
     assert "multi_gpu_train.json" in capsys.readouterr().err
+
+
+def _strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _strings(v) if not isinstance(v, str) else [v]
+            if k == "_disabled_" and isinstance(v, str):
+                yield v
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=os.path.basename)
+def test_train_json_is_short_and_declares_no_method_logic(bundle):
+    """Catches the recipe growing back into a program: train.json over 250 lines, a `$` expression over 120
+    characters, or a conditional that picks what to build by the method (the method object decides that)."""
+    text = generate_bundle(bundle)["train.json"]
+    assert len(text.splitlines()) <= 250
+    config = json.loads(text)
+    expressions = [s for s in _strings(config) if s.startswith("$")]
+    assert expressions and all(len(e) <= 121 for e in expressions), [e for e in expressions if len(e) > 121]
+    method_words = ("method", "spec", "distill", "phi")
+    conditional = [e for e in expressions if " if " in f" {e} " and any(w in e for w in method_words)]
+    disabled = [v for v in _strings(config) if "method" in v and v.startswith("$not")]
+    assert not conditional and not disabled, conditional + disabled
+
+
+@pytest.mark.parametrize("bundle", ["rd_demo", "rd_brain_segment"])
+def test_every_option_is_a_plain_top_level_value_read_by_the_options_dataclass(bundle):
+    """Catches an option of the dataclass missing from train.json (a command-line override would be ignored) or
+    referenced under another name."""
+    import dataclasses
+
+    from monai.utils import optional_import
+
+    config = json.loads(generate_bundle(os.path.join(REPO, "bundles", bundle))["train.json"])
+    target = config["options"]["_target_"].rsplit(".", 1)[0]
+    cls, _ = optional_import(target.rpartition(".")[0], name=target.rpartition(".")[2])
+    names = [f.name for f in dataclasses.fields(cls)]
+    refs = {k: v for group in config["options"].values() if isinstance(group, dict) for k, v in group.items()}
+    assert set(refs) == set(names) and all(refs[n] == f"@{n}" for n in names)
+    assert all(n in config for n in names)
+
+
+def test_dump_json_shares_lines_only_within_the_width():
+    """Catches the formatter writing lines past its width, or packing members of different rows together."""
+    from monai_rd.bundle.generate import LINE_WIDTH, dump_json
+
+    obj = {"a": 1, "b": [1, 2], "c": {"x": "y" * 200}, "d": 2, "e": 3}
+    text = dump_json(obj, rows=[("a", "b"), ("d", "e")])
+    assert json.loads(text) == obj
+    lines = text.splitlines()
+    assert '    "a": 1, "b": [1, 2],' in lines and '    "d": 2, "e": 3' in lines
+    assert all(len(line) <= LINE_WIDTH for line in lines if "yyyy" not in line)
