@@ -2,6 +2,19 @@
 
 __version__ = "0.1.0"
 
-from monai_rd import bundle, data, engines, errors, handlers, losses, networks, transforms  # noqa: E402
+from monai_rd import bundle, data, datasets, engines, errors, handlers, losses, methods, networks, transforms, utils  # noqa: E402
 
-__all__ = ["bundle", "data", "engines", "errors", "handlers", "losses", "networks", "transforms", "__version__"]
+__all__ = [
+    "bundle",
+    "data",
+    "datasets",
+    "engines",
+    "errors",
+    "handlers",
+    "losses",
+    "methods",
+    "networks",
+    "transforms",
+    "utils",
+    "__version__",
+]

@@ -180,6 +180,22 @@ def _option_rows(config: Mapping[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
+def _grouped_option_ids(config: dict[str, Any], recipe_dir: str) -> dict[str, Any]:
+    """``options#<name>`` ids of an overlay of train.json as ``options#<group>#<name>``, the option's place in the
+    ``options`` component (``GROUPS`` of the recipe's options class), so overlays name options, not groups."""
+    cls = _options_class(_recipe(recipe_dir, "train.json"))
+    group_of = {name: group for group, names in (cls.GROUPS if cls else {}).items() for name in names}
+    out = {}
+    for key, value in config.items():
+        parts = key.split("#")
+        if len(parts) == 2 and parts[0] == "options":
+            if parts[1] not in group_of:
+                raise KeyError(f"{key!r}: {cls.__name__ if cls else 'the recipe'} has no option {parts[1]!r}")
+            key = f"options#{group_of[parts[1]]}#{parts[1]}"
+        out[key] = value
+    return out
+
+
 def _plain_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and not value.startswith("$"))
 
@@ -313,6 +329,8 @@ def generate_bundle(bundle_dir: str) -> dict[str, str]:
             _apply(config, {k: v for k, v in common.items() if (k == "imports" or _has_parent(config, k)) and k not in skip})
         recipe_keys = set(config)
         _apply(config, overrides.get(kind, {}))
+        if kind == "evaluate":  # merged over train.json: its options#<name> ids name the option's group there
+            config = _grouped_option_ids(config, recipe_dir)
         config["_desc_"] = _HEADER + config.get("_desc_", "")
         # the bundle's own plain options (a dataset's split fraction, a task name) share a line
         own = tuple(k for k, v in config.items() if k not in recipe_keys and _plain_scalar(v))

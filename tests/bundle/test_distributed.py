@@ -11,8 +11,10 @@ import torch.nn as nn
 from monai.handlers import LrScheduleHandler, StatsHandler, ValidationHandler
 
 from monai_rd.bundle import distributed
+from monai_rd.utils import ranks
 from monai_rd.data import TeacherFeatureCache
-from monai_rd.errors import OptionError, OutputFolderError
+from monai_rd.data.feature_cache import build_cache_once
+from monai_rd.errors import DistributedRunError, OptionError, OutputFolderError
 from monai_rd.handlers import CrashSafeCheckpointSaver, MetricsFromEvaluator, MetricsJSONWriter, TrainingCurvePlotter
 
 
@@ -22,11 +24,11 @@ def _bare(cls):
 
 def test_single_process_helpers_are_plain_calls():
     """Catches a single-process run changed by the shared train.json entries (fingerprint, rank-0 calls)."""
-    assert not distributed.is_distributed() and distributed.rank() == 0 and distributed.world_size() == 1
-    assert distributed.on_rank0(lambda a, b=0: a + b, 2, b=3) == 5
+    assert not ranks.is_distributed() and ranks.rank() == 0 and ranks.world_size() == 1
+    assert ranks.on_rank0(lambda a, b=0: a + b, 2, b=3) == 5
     with pytest.raises(OutputFolderError, match="in the way"):
-        distributed.on_rank0(lambda: (_ for _ in ()).throw(OutputFolderError("in the way")))
-    assert distributed.run_fingerprint({"epochs": 3}) == {"epochs": 3}  # old checkpoints still resume
+        ranks.on_rank0(lambda: (_ for _ in ()).throw(OutputFolderError("in the way")))
+    assert ranks.run_fingerprint({"epochs": 3}) == {"epochs": 3}  # old checkpoints still resume
     assert distributed.shard_size(21) == 21
     handlers = [_bare(StatsHandler), _bare(ValidationHandler), None]
     assert distributed.for_this_rank(handlers) == handlers[:2]
@@ -40,14 +42,16 @@ def test_other_ranks_keep_only_handlers_that_write_nothing(monkeypatch):
     monkeypatch.setattr(distributed, "rank", lambda: 1)
     assert distributed.for_this_rank([drop[0], keep[0], drop[1], keep[1], drop[2], keep[2], drop[3]]) == keep
     monkeypatch.setattr(distributed, "world_size", lambda: 4)
+    monkeypatch.setattr(ranks, "world_size", lambda: 4)
     assert distributed.shard_size(21) == 6  # DistributedSampler(even_divisible=True) pads to 24
-    assert distributed.run_fingerprint({"epochs": 3}) == {"epochs": 3, "world_size": 4}
+    assert distributed.epoch_length(21, 3) == 2  # each rank's shard of 6 in full batches of 3
+    assert ranks.run_fingerprint({"epochs": 3}) == {"epochs": 3, "world_size": 4}
 
 
 def test_joining_outside_torchrun_names_the_command(monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(distributed.DistributedRunError, match="torchrun --nproc_per_node"):
+    with pytest.raises(DistributedRunError, match="torchrun --nproc_per_node"):
         distributed.init_process_group()
     for var, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "x"), ("MASTER_PORT", "1")):
         monkeypatch.setenv(var, value)
@@ -80,6 +84,6 @@ def test_adopted_cache_serves_the_builders_rows_without_a_teacher(tmp_path):
     rows = [other.index(it["image"]) for it in items]
     assert rows == [built.index(it["image"]) for it in items]
     assert torch.equal(other.gather(rows, "cpu"), built.gather(rows, "cpu"))
-    assert distributed.build_cache_once(other, items) is other  # single process: build() finds every item held
+    assert build_cache_once(other, items) is other  # single process: build() finds every item held
     with pytest.raises(ValueError, match="view"):
         TeacherFeatureCache(counting, _load, views=2, augment=lambda d: d).adopt(sent)

@@ -81,6 +81,13 @@ def _parser(*files, **overrides):
     return parser
 
 
+def _opt(parser, name):
+    """An option as the recipe reads it: inference.json's ``opt`` block, or train.json's ``options`` object."""
+    if "opt" in parser:
+        return parser.get_parsed_content(f"opt#{name}")
+    return getattr(parser.get_parsed_content("options"), name)
+
+
 def test_the_3d_bundle_writes_spatial_dims_and_its_evaluate_inference_export_take_it_from_the_model(tmp_path):
     """Catches the recipe not passing spatial_dims to the spec (a 3D model recorded as 2D), or evaluation,
     inference and export (ckpt_export builds inference.json's network_def) not taking it from the model."""
@@ -92,13 +99,13 @@ def test_the_3d_bundle_writes_spatial_dims_and_its_evaluate_inference_export_tak
     # inference.json sets no spatial_dims of its own: 3 can only come from the model
     assert _parser(infer).get()["spatial_dims"] is None
     inference = _parser(infer, ckpt_dir=str(tmp_path))
-    assert inference.get_parsed_content("opt#spatial_dims") == 3
+    assert _opt(inference, "spatial_dims") == 3
     assert inference.get_parsed_content("network_def").backbone.conv1.weight.ndim == 5  # a 3D convolution
-    assert _parser(train, evaluate, ckpt_dir=str(tmp_path)).get_parsed_content("opt#spatial_dims") == 3
+    assert _opt(_parser(train, evaluate, ckpt_dir=str(tmp_path)), "spatial_dims") == 3
     for files in ((infer,), (train, evaluate)):
         parser = _parser(*files, ckpt_dir=str(tmp_path), spatial_dims="2")  # `--spatial_dims 2` on the command line
         with pytest.raises(RuntimeError) as raised:  # MONAI wraps an expression's error; the cause is ours
-            parser.get_parsed_content("opt#spatial_dims")
+            _opt(parser, "spatial_dims")
         assert isinstance(raised.value.__cause__, OptionError)
         assert "--spatial_dims '2' contradicts the trained model's 3" in str(raised.value.__cause__)
 
@@ -139,18 +146,18 @@ def test_segmentation_bundles_evaluate_and_infer_with_the_models_own_grid_and_un
     bundle's defaults instead (another voxel size, another window), and an override that contradicts the model."""
     configs = os.path.join(REPO, "bundles", bundle, "configs")
     train, evaluate, infer = (os.path.join(configs, f) for f in ("train.json", "evaluate.json", "inference.json"))
-    dims = _parser(train).get_parsed_content("opt#spatial_dims")
-    narrower = [c // 2 for c in _parser(train).get_parsed_content("opt#student_channels")]
+    dims = _opt(_parser(train), "spatial_dims")
+    narrower = [c // 2 for c in _opt(_parser(train), "student_channels")]
     trained = dict(roi_size=str([24] * dims), pixdim=str([2.0] * dims), student_channels=str(narrower))
     write_model_spec(_parser(train, **trained).get_parsed_content("model_spec"), str(tmp_path))
     for files in ((infer,), (train, evaluate)):
         parser = _parser(*files, ckpt_dir=str(tmp_path))
-        assert parser.get_parsed_content("opt#roi_size") == [24] * dims
-        assert parser.get_parsed_content("opt#pixdim") == [2.0] * dims
+        assert _opt(parser, "roi_size") == [24] * dims
+        assert _opt(parser, "pixdim") == [2.0] * dims
         net = parser.get_parsed_content("network_def")
         conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
         assert next(m for m in net.modules() if isinstance(m, conv)).out_channels == narrower[0]
         wrong = _parser(*files, ckpt_dir=str(tmp_path), pixdim=str([1.0] * dims))  # `--pixdim [1,1,1]` typed
         with pytest.raises(RuntimeError) as raised:
-            wrong.get_parsed_content("opt#pixdim")
+            _opt(wrong, "pixdim")
         assert isinstance(raised.value.__cause__, OptionError) and "--pixdim" in str(raised.value.__cause__)

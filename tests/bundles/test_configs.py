@@ -77,8 +77,9 @@ def test_bundle_layout_and_references(configs, tmp_path):
     for key in ("network", "network_def", "train#trainer", "validate#evaluator", "datalist", "run", "initialize"):
         assert key in train, key
     segmentation = _recipe(configs) == "segmentation"
-    trainer = "monai_rd.engines.DenseRDTrainer" if segmentation else "monai_rd.engines.RDTrainer"
-    assert train["train"]["trainer"]["_target_"] == trainer
+    # the method object builds the trainer of its scheme (monai_rd.methods)
+    assert train["train"]["trainer"]["_target_"] == "$@method_def.trainer"
+    assert train["method_def"]["_target_"] == "monai_rd.methods.create_method"
     _check_references(_parser(os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")))
     infer = _parser(os.path.join(configs, "inference.json"), ckpt_dir=_trained_spec(configs, tmp_path))
     _check_references(infer)
