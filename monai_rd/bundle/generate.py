@@ -11,7 +11,8 @@ checks that the committed files equal this generator's output.
 Options: a training recipe's ``"options": {"_target_": "monai_rd.bundle.ClassificationOptions"}`` is expanded from
 that dataclass, the one place the options are named, typed and given defaults: every field becomes a plain
 top-level value (its default, or the value the recipe or the bundle sets) that a user overrides on the command line
-(``--epochs 2``), and an argument ``"<field>": "@<field>"`` of ``options``, which checks them all once.
+(``--epochs 2``), and an argument ``"<field>": "@<field>"`` of ``options``, which checks them all once. Overlays of
+train.json (evaluate.json) set an option's argument as ``options#<field>``.
 
 ``overrides.json`` has four sections, each a mapping of MONAI config ids (``"train#augmentation"``) to values:
 ``common`` (applied to ``train.json`` and ``inference.json``, wherever the id's parent exists; inference takes
@@ -25,7 +26,8 @@ Overlays (``multi_gpu_train.json``: multi-process training with ``torchrun``, gi
 written from the recipe's file of that name with ``<bundle>`` substituted; their ``initialize`` entries (joining
 the process group) are followed by the generated ``train.json``'s own, since a later config file replaces a list.
 
-Files are written as JSON with 4-space indents, a list or object on one line when it fits in 120 columns.
+Files are written as JSON with 4-space indents, a list or object on one line when it fits in 120 columns, else a
+component's short arguments (and the plain option values) as many to a line as fit.
 
 Usage::
 
@@ -157,7 +159,7 @@ def merge_configs(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str,
 
 def _options_class(config: Mapping[str, Any]) -> type | None:
     target = config.get("options", {}).get("_target_") if isinstance(config.get("options"), Mapping) else None
-    if target is None or target.endswith(".from_groups"):
+    if target is None:
         return None
     module, _, name = target.rpartition(".")
     cls, found = optional_import(module, name=name)
@@ -171,29 +173,14 @@ _ROWS = (("ckpt_dir", "output_dir", "dataset_dir"), ("teacher_weights", "cache_d
 
 
 def _option_rows(config: Mapping[str, Any]) -> list[tuple[str, ...]]:
-    """Top-level keys that share lines: the paths, and the options of the config's options class by topic."""
-    target = config.get("options", {}).get("_target_", "") if isinstance(config.get("options"), Mapping) else ""
-    rows = list(_ROWS)
-    if target.endswith(".from_groups"):
-        cls = _options_class({"options": {"_target_": target[: -len(".from_groups")]}})
-        rows += [tuple(names) for names in cls.GROUPS.values()] if cls is not None else []
-    return rows
+    """Top-level keys that share lines: the paths, and the options (in their declared order, as many per line as
+    fit)."""
+    cls = _options_class(config)
+    return [*_ROWS, *((f.name,) for f in dataclasses.fields(cls) if f.init)] if cls is not None else list(_ROWS)
 
 
-def _grouped_option_ids(config: dict[str, Any], recipe_dir: str) -> dict[str, Any]:
-    """``options#<name>`` ids of an overlay of train.json as ``options#<group>#<name>``, the option's place in the
-    ``options`` component (``GROUPS`` of the recipe's options class), so overlays name options, not groups."""
-    cls = _options_class(_recipe(recipe_dir, "train.json"))
-    group_of = {name: group for group, names in (cls.GROUPS if cls else {}).items() for name in names}
-    out = {}
-    for key, value in config.items():
-        parts = key.split("#")
-        if len(parts) == 2 and parts[0] == "options":
-            if parts[1] not in group_of:
-                raise KeyError(f"{key!r}: {cls.__name__ if cls else 'the recipe'} has no option {parts[1]!r}")
-            key = f"options#{group_of[parts[1]]}#{parts[1]}"
-        out[key] = value
-    return out
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _plain_scalar(value: Any) -> bool:
@@ -213,19 +200,11 @@ def expand_options(config: dict[str, Any]) -> dict[str, Any]:
     cls = _options_class(config)
     if cls is None:
         return config
-    fields = [f for f in dataclasses.fields(cls) if f.init]
-    grouped = [name for names in cls.GROUPS.values() for name in names]
-    if sorted(grouped) != sorted(f.name for f in fields):
-        raise KeyError(f"{cls.__name__}.GROUPS must list every option once: {sorted(grouped)}")
-    defaults = {f.name: _jsonable(f.default) for f in fields}
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    defaults = {f.name: _jsonable(f.default) for f in dataclasses.fields(cls) if f.init}
     out: dict[str, Any] = {k: config[k] for k in _LEADING if k in config}
-    out.update({name: config.get(name, defaults[name]) for name in grouped})
-    target = config["options"]["_target_"]
-    out["options"] = {
-        **config["options"],
-        "_target_": f"{target}.from_groups",
-        **{group: {name: f"@{name}" for name in names} for group, names in cls.GROUPS.items()},
-    }
+    out.update({name: config.get(name, defaults[name]) for name in fields})
+    out["options"] = {**config["options"], **{name: f"@{name}" for name in fields}}
     out.update({k: v for k, v in config.items() if k not in out})
     return out
 
@@ -235,7 +214,9 @@ def _one_line(obj: Any) -> str:
 
 
 def dump_json(obj: Any, indent: int = 0, prefix: int = 0, rows: Sequence[Sequence[str]] = ()) -> str:
-    """JSON with 4-space indents, a list or object on one line when that line fits in :data:`LINE_WIDTH` columns.
+    """JSON with 4-space indents, a list or object on one line when that line fits in :data:`LINE_WIDTH` columns;
+    otherwise a nested object's scalar members share lines up to that width, and its lists and objects get lines of
+    their own.
 
     Args:
         obj: the JSON value.
@@ -254,6 +235,7 @@ def dump_json(obj: Any, indent: int = 0, prefix: int = 0, rows: Sequence[Sequenc
         row_of = {k: i for i, r in enumerate(rows) for k in r}
         order = {k: i for i, k in enumerate(obj)}
         items, done = [], set()
+        packable: set[str] = set()  # lines holding only scalar members
         for k, v in obj.items():
             if k in done:
                 continue
@@ -274,7 +256,16 @@ def dump_json(obj: Any, indent: int = 0, prefix: int = 0, rows: Sequence[Sequenc
                 items.append(inner + ", ".join(line_pairs))
                 continue
             key = _one_line(k) + ": "
+            if indent and _scalar(v) and items and items[-1].startswith(inner + '"') and k not in row_of:
+                # a component's short arguments share lines (fill), its nested ones get their own
+                joined = f"{items[-1]}, {key}{_one_line(v)}"
+                if items[-1] in packable and len(joined) + 1 <= LINE_WIDTH:
+                    items[-1] = joined
+                    packable.add(joined)
+                    continue
             items.append(inner + key + dump_json(v, indent + 4, len(key)))
+            if _scalar(v):
+                packable.add(items[-1])
     open_, close = ("[", "]") if isinstance(obj, list) else ("{", "}")
     return open_ + "\n" + ",\n".join(items) + "\n" + " " * indent + close
 
@@ -329,8 +320,6 @@ def generate_bundle(bundle_dir: str) -> dict[str, str]:
             _apply(config, {k: v for k, v in common.items() if (k == "imports" or _has_parent(config, k)) and k not in skip})
         recipe_keys = set(config)
         _apply(config, overrides.get(kind, {}))
-        if kind == "evaluate":  # merged over train.json: its options#<name> ids name the option's group there
-            config = _grouped_option_ids(config, recipe_dir)
         config["_desc_"] = _HEADER + config.get("_desc_", "")
         # the bundle's own plain options (a dataset's split fraction, a task name) share a line
         own = tuple(k for k, v in config.items() if k not in recipe_keys and _plain_scalar(v))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -73,8 +73,6 @@ class TrainOptions:
     """
 
     task = "classification"  # the recipe these options drive: picks the method's implementation
-    #: the options by topic, as a recipe's ``options`` component lists them (see :meth:`from_groups`)
-    GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     class_names: Any = None
     seed: Any = 0
@@ -101,28 +99,11 @@ class TrainOptions:
     alpha_end: Any = None
     beta_end: Any = None
     detach_teacher: Any = True
+    logit_standardise: Any = False
     grad_clip_norm: Any = None
     cache_teacher: Any = True
     cache_dtype: Any = "float16"
     teacher_name: Any = None
-
-    @classmethod
-    def from_groups(cls, **groups: Mapping[str, Any]) -> TrainOptions:
-        """Build from the options listed by topic (:attr:`GROUPS`), as a bundle's ``train.json`` gives them.
-
-        Raises:
-            ValueError: a group or an option that :attr:`GROUPS` does not list, or an option missing.
-        """
-        values: dict[str, Any] = {}
-        for group, options in groups.items():
-            expected = cls.GROUPS.get(group)
-            if expected is None or set(options) - set(expected):
-                raise ValueError(f"{cls.__name__}: unknown option group {group!r} or options {sorted(options)}.")
-            values.update(options)
-        missing = {f.name for f in dataclasses.fields(cls)} - set(values)
-        if missing:
-            raise ValueError(f"{cls.__name__}: the recipe does not give the options {sorted(missing)}.")
-        return cls(**values)
 
     def __post_init__(self) -> None:
         self.class_names = as_class_names(self.class_names)
@@ -143,12 +124,13 @@ class TrainOptions:
         self.phi_block = str(self.phi_block)
         self.phi_hidden = as_optional_int(self.phi_hidden, "phi_hidden", min_value=1)
         self.gamma = self.spec.option("gamma", as_float(self.gamma, "gamma", min_value=0.0))
-        self.tau = as_float(self.tau, "tau", positive=True)
+        self.tau = self.spec.option("tau", as_float(self.tau, "tau", positive=True))
         self.alpha_start = self.spec.option("alpha", as_float(self.alpha_start, "alpha_start", min_value=0.0))
         self.beta_start = as_float(self.beta_start, "beta_start", min_value=0.0)
         self.alpha_end = self.spec.option("alpha", as_optional_float(self.alpha_end, "alpha_end", min_value=0.0))
         self.beta_end = as_optional_float(self.beta_end, "beta_end", min_value=0.0)
         self.detach_teacher = as_bool(self.detach_teacher, "detach_teacher")
+        self.logit_standardise = as_bool(self.logit_standardise, "logit_standardise")
         self.grad_clip_norm = as_optional_float(self.grad_clip_norm, "grad_clip_norm", positive=True)
         self.cache_teacher = as_bool(self.cache_teacher, "cache_teacher")
         self.cache_dtype = as_dtype(self.cache_dtype, "cache_dtype")
@@ -222,24 +204,6 @@ class ClassificationOptions(TrainOptions):
     epochs, LoRA), unlabelled images and the cache's views, and the teacher-branch metrics.
     """
 
-    GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "data": ("class_names", "image_size", "in_channels"),
-        "labels": ("spatial_dims", "multi_label", "unlabelled"),
-        "reading": ("frame", "window", "slice_axis"),
-        "slice": ("slice_index", "projection", "seed"),
-        "training": ("epochs", "batch_size", "num_workers", "lr"),
-        "optimizer": ("weight_decay", "grad_clip_norm", "amp"),
-        "run": ("resume", "overwrite", "method", "distill"),
-        "student": ("student", "student_pretrained"),
-        "stages": ("distill_weight", "direct_epochs", "teacher_epochs", "teacher_lr"),
-        "lora": ("lora_rank", "lora_alpha", "lora_targets"),
-        "teacher": ("teacher_name", "cache_teacher", "cache_dtype"),
-        "cache": ("cache_views", "teacher_branch_metrics", "tau"),
-        "phi": ("phi_blocks", "phi_block", "phi_hidden"),
-        "loss": ("gamma", "detach_teacher", "alpha_start"),
-        "weights": ("beta_start", "alpha_end", "beta_end"),
-    }
-
     teacher_name: Any = "efficientnet-lite0"
     image_size: Any = 224
     multi_label: Any = False
@@ -267,6 +231,11 @@ class ClassificationOptions(TrainOptions):
         self.image_size = as_int(self.image_size, "image_size", min_value=8)
         self.batch_size = as_int(self.batch_size, "batch_size", min_value=2)
         self.multi_label = as_bool(self.multi_label, "multi_label")
+        if self.logit_standardise and self.multi_label:
+            raise OptionError(
+                "--logit_standardise true is for single-label tasks: z-scoring per-class sigmoid logits over the "
+                "classes changes which findings are present. Drop it for this multi-label bundle."
+            )
         weight = as_optional_float(self.distill_weight, "distill_weight")
         if weight is not None and weight < 0:
             raise OptionError(f"--distill_weight must be at least 0, got {weight}.")
@@ -372,22 +341,6 @@ class SegmentationOptions(TrainOptions):
     """
 
     task = "segmentation"
-
-    GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "data": ("class_names", "in_channels", "spatial_dims"),
-        "window": ("roi_size", "intensity_range"),
-        "grid": ("crop_foreground", "axcodes", "pixdim", "seed"),
-        "training": ("epochs", "batch_size", "num_workers", "lr"),
-        "optimizer": ("weight_decay", "grad_clip_norm", "amp"),
-        "run": ("resume", "overwrite", "method", "distill"),
-        "student": ("student", "student_channels"),
-        "unet": ("student_strides", "student_res_units"),
-        "teacher": ("teacher_name", "cache_teacher", "cache_dtype"),
-        "input": ("teacher_input_size", "phi_blocks", "phi_block"),
-        "phi": ("phi_hidden", "gamma", "tau", "detach_teacher"),
-        "cka": ("cka_mode", "cka_num_voxels", "alpha_start"),
-        "weights": ("beta_start", "alpha_end", "beta_end"),
-    }
 
     spatial_dims: Any = 3
     epochs: Any = 100

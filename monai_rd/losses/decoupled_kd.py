@@ -69,6 +69,8 @@ class DecoupledKDLoss(DistillKLLoss):
         >>> dkd.warmup_factor = min(epoch / 20, 1.0)  # e.g. from a ParamSchedulerHandler
     """
 
+    uses_labels = True  # its split needs each row's target class (RDLoss passes the labels)
+
     def __init__(
         self,
         alpha: float = 1.0,

@@ -179,7 +179,9 @@ class DenseRDLoss(RDLoss):
         idx = self._positions(n).to(rows_s.device)
         return rows_t[idx], rows_s[idx]
 
-    def kd_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    def kd_term(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The voxel-wise KD term: :attr:`kd` on the (B * N, C) voxel logits of two branches (B, C, *spatial).
 
         Raises:

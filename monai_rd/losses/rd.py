@@ -105,8 +105,14 @@ class RDLoss(_Loss):
                              reduction="sum")
         return ce / (target != UNLABELLED).sum().clamp_min(1)
 
-    def kd_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """The unweighted KD term between two branches' logits (B, C): :attr:`kd`."""
+    def kd_term(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The unweighted KD term between two branches' logits (B, C): :attr:`kd` (Hinton's KL by default; any
+        logit loss ``kd(student, teacher)`` can replace it, e.g. DIST, and one with ``uses_labels`` also gets the
+        labels, e.g. DKD)."""
+        if getattr(self.kd, "uses_labels", False):
+            return self.kd(student_logits, teacher_logits, target)
         return self.kd(student_logits, teacher_logits)
 
     def cka_term(self, teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
@@ -140,7 +146,7 @@ class RDLoss(_Loss):
         zero = ce_s.new_zeros(())
         if teacher_logits is None:
             return {"loss": ce_s, "ce_student": ce_s, "ce_teacher": zero, "kd": zero, "cka": zero}
-        kd = self.kd_term(student_logits, teacher_logits)  # first: it names a shape mismatch of the two branches
+        kd = self.kd_term(student_logits, teacher_logits, target)  # first: it names a shape mismatch of the branches
         ce_t = self.supervised(teacher_logits, target)
         if self.gamma != 0 and student_features is not None and teacher_features is not None:
             cka_term = self.cka_term(teacher_features, student_features)

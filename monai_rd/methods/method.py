@@ -216,7 +216,8 @@ class Method:
         from monai_rd import losses
 
         o = self.options
-        common = dict(alpha=o.alpha_start, beta=o.beta_start, gamma=o.gamma, tau=o.tau, detach_teacher=o.detach_teacher)
+        common = dict(alpha=o.alpha_start, beta=o.beta_start, gamma=o.gamma, tau=o.tau, detach_teacher=o.detach_teacher,
+                      logit_standardise=o.logit_standardise)
         if o.task == "segmentation":
             return losses.DenseRDLoss(**common, cka_mode=o.cka_mode, cka_num_voxels=o.cka_num_voxels, seed=o.seed)
         return losses.RDLoss(**common, multi_label=o.multi_label)

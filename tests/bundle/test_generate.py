@@ -123,10 +123,10 @@ def test_every_option_is_a_plain_top_level_value_read_by_the_options_dataclass(b
     from monai.utils import optional_import
 
     config = json.loads(generate_bundle(os.path.join(REPO, "bundles", bundle))["train.json"])
-    target = config["options"]["_target_"].rsplit(".", 1)[0]
+    target = config["options"]["_target_"]
     cls, _ = optional_import(target.rpartition(".")[0], name=target.rpartition(".")[2])
     names = [f.name for f in dataclasses.fields(cls)]
-    refs = {k: v for group in config["options"].values() if isinstance(group, dict) for k, v in group.items()}
+    refs = {k: v for k, v in config["options"].items() if k != "_target_"}
     assert set(refs) == set(names) and all(refs[n] == f"@{n}" for n in names)
     assert all(n in config for n in names)
 
