@@ -40,3 +40,4 @@ class LinearLossWeight(ParamSchedulerHandler):
             name=name,
             event=Events.ITERATION_STARTED,
         )
+        self.name = name
