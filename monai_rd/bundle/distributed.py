@@ -59,6 +59,13 @@ def init_process_group(timeout_s: float = 1800.0, backend: str | None = None) ->
         DistributedRunError: the process was not started by ``torchrun`` (its environment variables are missing).
         OptionError: ``timeout_s`` is not a positive number.
     """
+    # the option first: a typo'd --dist_timeout is named even when the launch itself is wrong too
+    try:
+        timeout = float(timeout_s)
+    except (TypeError, ValueError):
+        timeout = -1.0
+    if not timeout > 0:
+        raise OptionError(f"--dist_timeout must be a positive number of seconds, got {timeout_s!r}.")
     missing = [v for v in _LAUNCH_VARS if v not in os.environ]
     if missing:
         raise DistributedRunError(
@@ -66,12 +73,6 @@ def init_process_group(timeout_s: float = 1800.0, backend: str | None = None) ->
             "`torchrun --nproc_per_node=<GPUs> -m monai.bundle run --config_file \"['configs/train.json',"
             "'configs/multi_gpu_train.json']\"`, or drop multi_gpu_train.json to train in one process."
         )
-    try:
-        timeout = float(timeout_s)
-    except (TypeError, ValueError):
-        timeout = -1.0
-    if not timeout > 0:
-        raise OptionError(f"--dist_timeout must be a positive number of seconds, got {timeout_s!r}.")
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ["LOCAL_RANK"])
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")

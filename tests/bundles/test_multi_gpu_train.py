@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from monai.bundle import ConfigParser
-from monai.utils import optional_import
 
-from monai_rd.engines import RDTrainer
+from monai_rd.engines import DistillationTrainer
 from monai_rd.engines.data_parallel import distributed_data_parallel
 from monai_rd.errors import OptionError, find_rd_error
 from demo_subset import write_demo_subset  # tests/bundles, on sys.path under pytest
@@ -59,20 +58,22 @@ def test_overlay_parses_with_train_json(bundle):
     assert parser["initialize"] == ["$@device", *single["initialize"]]
     assert set(single["imports"]) < set(parser["imports"])
     assert parser["finalize"] == ["$monai_rd.bundle.distributed.shutdown()"]
-    module, name = parser["train#trainer#_target_"].rsplit(".", 1)
-    trainer_cls = optional_import(module, name=name)[0]
-    assert issubclass(trainer_cls, RDTrainer)
+    assert parser["train#trainer#_target_"] == "$@method_def.trainer"  # the method builds it, taking `parallel`
     assert "init_process_group" in parser["device"]  # joining the group outside torchrun is tested elsewhere
     parser["device"] = "$torch.device('cpu')"
+    trainer_cls = parser.get_parsed_content("method_def").trainer_class
+    assert issubclass(trainer_cls, DistillationTrainer)
+    # `parallel` itself is taken by every trainer through DistillationTrainer: the torchrun tests below train with it
     parallel = parser.get_parsed_content("train#trainer#parallel", instantiate=True)
     assert isinstance(parallel, functools.partial) and parallel.func is distributed_data_parallel
     assert parser["train#dataloader#shuffle"] is False
     assert parser["train#dataloader#sampler"].replace("::", "#") == "@train#sampler"
     assert parser["validate#sampler#even_divisible"] is False  # no duplicated validation image in the metrics
-    assert parser.get_parsed_content("opt#dist_timeout") == 1800.0
+    assert parser["dist_timeout"] == 1800
+    parser["device"] = json.load(open(overlay))["device"]
     parser["dist_timeout"] = "soon"
     with pytest.raises(RuntimeError) as raised:  # MONAI wraps the error of a config expression
-        parser.get_parsed_content("opt#dist_timeout", lazy=False)
+        parser.get_parsed_content("device", lazy=False)
     assert isinstance(find_rd_error(raised.value), OptionError) and "dist_timeout" in str(find_rd_error(raised.value))
 
 

@@ -13,8 +13,9 @@ from ignite.engine import Events
 import monai.bundle
 
 from demo_subset import write_demo_subset  # tests/bundles, on sys.path under pytest
-from monai_rd.utils.constants import UNLABELLED
 from monai_rd.errors import DataCheckError, find_rd_error
+from monai_rd.handlers import LinearLossWeight
+from monai_rd.utils.constants import UNLABELLED
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundles", "rd_demo")
@@ -48,8 +49,7 @@ def _train(tmp, datalist, **options):
     trainer.add_event_handler(Events.ITERATION_COMPLETED,
                               lambda e: labels.extend(int(item["label"]) for item in e.state.batch))
     workflow.run()
-    cache = workflow.parser.get_parsed_content("feature_cache") if options.get("method", "rd") != "student" else None
-    return labels, cache
+    return labels, workflow.parser.get_parsed_content("method_def").cache  # None for the student alone
 
 
 def test_rd_trains_on_the_unlabelled_images_and_the_student_alone_does_not(tmp_path):
@@ -92,12 +92,14 @@ def test_the_schedule_holds_alpha_beta_when_unlabelled_images_are_trained_on(tmp
     parser.update({"bundle_root": BUNDLE, "datalist_json": str(tmp_path / "datalist.json"), "epochs": "1",
                    "batch_size": "4", "method": method, "ckpt_dir": str(tmp_path / "m"),
                    "output_dir": str(tmp_path / "e"), **options})
+    method_def = parser.get_parsed_content("method_def")  # the teacher and cache as initialize builds them
+    method_def.prepare(parser.get_parsed_content("datalist"), parser.get_parsed_content("base_transforms"),
+                       parser.get_parsed_content("train#augmentation"))
     loss = parser.get_parsed_content("loss")
-    raw = parser["train"]["handlers"]  # only the two schedule handlers are built: no teacher, no cache
-    schedules = [parser.get_parsed_content(f"train#handlers#{i}") for i, h in enumerate(raw)
-                 if isinstance(h, dict) and h.get("_target_") == "ParamSchedulerHandler"]
-    total = parser.get_parsed_content("train#epoch_length")
+    trainer = parser.get_parsed_content("train#trainer")
+    schedules = [h for h, *_ in trainer._event_handlers[Events.ITERATION_STARTED] if isinstance(h, LinearLossWeight)]
+    total = trainer.state.epoch_length
     state = type("State", (), {"iteration": total, "epoch": 1})()
     for schedule in schedules:
         schedule(type("Engine", (), {"state": state})())
-    assert len(schedules) == 2 and (loss.alpha, loss.beta) == pytest.approx(expected_end)
+    assert len(schedules) == 2 and [loss.alpha, loss.beta] == pytest.approx(list(expected_end))

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from monai_rd.bundle import distributed
 from monai_rd.data import TeacherFeatureCache
+from monai_rd.data.feature_cache import build_cache_once
 from monai_rd.engines import RDTrainer
 from monai_rd.engines.data_parallel import distributed_data_parallel
 from monai_rd.errors import OutputFolderError
@@ -95,11 +96,11 @@ def load_item(item: dict) -> dict:
 
 
 def cache_once(data_dir: str, cache_dir: str | None) -> tuple[int, list[float]]:
-    """Build a cache over the images with distributed.build_cache_once; (teacher images here, served checksums)."""
+    """Build a cache over the images with build_cache_once; (teacher images here, served checksums)."""
     teacher = CountingTeacher()
     data = [{"image": os.path.join(data_dir, f)} for f in sorted(os.listdir(data_dir)) if f.endswith(".npy")]
     cache = TeacherFeatureCache(teacher, load_item, cache_dir=cache_dir, batch_size=3, dtype=torch.float32)
-    distributed.build_cache_once(cache, data)
+    build_cache_once(cache, data)
     rows = [cache.index(d["image"]) for d in data]
     return teacher.images, cache.gather(rows, "cpu").flatten(1).sum(1).tolist()
 

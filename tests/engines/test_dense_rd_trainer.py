@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from monai_rd.engines import DenseRDTrainer
+from monai_rd.engines import DenseRDTrainer, DistillationTrainer
 from monai_rd.losses import DenseRDLoss, RDLoss
 from monai_rd.networks import FrozenTeacher, ReprogrammingNet, SegmentationStudent
 
@@ -112,8 +112,10 @@ def test_precomputed_feature_maps_replace_the_teacher():
 
 
 def test_student_alone_trains_with_dice_ce_only():
+    """The segmentation baseline: DistillationTrainer with the same Dice+CE (catches teacher terms leaking in)."""
     _, student, _ = _parts()
-    trainer = _trainer(_data(), None, student, None)
+    trainer = DistillationTrainer("cpu", 1, _data(), student, torch.optim.SGD(student.parameters(), lr=0.05),
+                                  DenseRDLoss(cka_num_voxels=256), decollate=False)
     trainer.run()
     out = trainer.state.output
     assert out["kd"] == 0 and out["cka"] == 0 and out["ce_teacher"] == 0

@@ -9,7 +9,7 @@ from ignite.engine import Events
 
 from monai.transforms import RandFlipd
 from monai_rd.data import TeacherFeatureCache
-from monai_rd.engines import RDTrainer, adapt_teacher
+from monai_rd.engines import KDTrainer, adapt_teacher
 from monai_rd.losses import DistillKLLoss, RDLoss
 from monai_rd.networks import AdaptedTeacherClassifier, FrozenTeacher, StudentClassifier
 from monai_rd.networks.linear_probe import LinearProbe
@@ -132,7 +132,7 @@ def test_lora_kd_distils_the_adapted_teachers_logits():
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     student = StudentClassifier(backbone, num_classes=2, num_features=4)
-    trainer = RDTrainer("cpu", 1, batches, student, torch.optim.SGD(student.parameters(), lr=0.1),
+    trainer = KDTrainer("cpu", 1, batches, student, torch.optim.SGD(student.parameters(), lr=0.1),
                         RDLoss(alpha=0.0, gamma=0.0), teacher=classifier.teacher, teacher_head=classifier.probe,
                         decollate=False)
     seen = []
