@@ -18,6 +18,7 @@ images served least recently). ``random`` and ``first`` are MONAI Label's own.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.scoring.epistemic_v2 import EpistemicScoring
+from monailabel.utils.others.generic import name_to_device
 
 from monai_rd.label.infer_task import RDInferTask
 
@@ -64,7 +66,7 @@ class EntropyScoring(EpistemicScoring):
     ``POST /scoring/<name>`` (and, with MONAI Label's default auto-update, after every training) fills
     ``info[score_key(model)]`` (see :func:`mean_entropy`) and ``info[score_key(model) + "_ts"]`` (the ``model.pt``
     time stamp: images already scored by the same model are skipped). Request options: ``simulation_size`` (MC
-    dropout passes when the student has dropout, default 5), ``max_samples``, ``device``, ``max_workers``.
+    dropout passes when the student has dropout, default 5), ``max_samples``, ``device``.
 
     Args:
         infer_task: the model's infer task (its served student is scored).
@@ -77,13 +79,27 @@ class EntropyScoring(EpistemicScoring):
         self.description = f"Uncertainty (softmax entropy; MC dropout if the student has dropout) of {infer_task.name}"
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
-        """Score the unlabelled images (see ``EpistemicScoring.__call__``); nothing to score without a model."""
+        """Score the unlabelled images not yet scored by the served ``model.pt`` (``EpistemicScoring``'s loop, one
+        image at a time; its skip test reads a fixed ``epistemic_ts`` key, not this model's).
+
+        Returns:
+            ``{"total", "skipped", "executed", "latency"}`` as MONAI Label's scoring answers.
+        """
+        start = time.time()
+        unlabelled = datastore.get_unlabeled_images()
         if not self.infer_task.student.exists():
-            return {"total": len(datastore.get_unlabeled_images()), "executed": 0,
-                    "skipped": "no model.pt trained yet"}
-        self._device = str(request.get("device") or "cpu")
-        return super().__call__({"max_workers": 1, **request, "simulation_size": max(2, int(
-            request.get("simulation_size", self.simulation_size)))}, datastore)
+            return {"total": len(unlabelled), "skipped": len(unlabelled), "executed": 0, "latency": 0.0,
+                    "reason": "no model.pt trained yet"}
+        model_ts = int(os.stat(self.infer_task.student.model_path).st_mtime)
+        todo = [i for i in unlabelled if datastore.get_image_info(i).get(self.key_output_ts) != model_ts]
+        max_samples = int(request.get("max_samples", self.max_samples) or 0)
+        todo = todo[:max_samples] if max_samples else todo
+        self._device = name_to_device(request.get("device"))
+        simulation_size = max(1, int(request.get("simulation_size", self.simulation_size)))
+        for image_id in todo:
+            self.run_scoring(image_id, simulation_size, model_ts, datastore)
+        return {"total": len(unlabelled), "skipped": len(unlabelled) - len(todo), "executed": len(todo),
+                "latency": round(time.time() - start, 3)}
 
     def run_scoring(self, image_id: str, simulation_size: int, model_ts: int, datastore: Datastore) -> None:
         """One image's score into its info (replaces the base class's, which reads a probability map from the
@@ -91,7 +107,11 @@ class EntropyScoring(EpistemicScoring):
         start = time.time()
         student = self.infer_task.student
         device = getattr(self, "_device", "cpu")
-        probs = student.probabilities(datastore.get_image_uri(image_id), device=device, mc_samples=simulation_size)
+        try:
+            probs = student.probabilities(datastore.get_image_uri(image_id), device=device, mc_samples=simulation_size)
+        except Exception as e:  # an image this model does not read (another model's, in a shared datastore)
+            logger.warning(f"{self.key_output_entropy}: {image_id} not scored ({type(e).__name__}: {e})")
+            return
         score = mean_entropy(probs, multi_label=bool(student.load(device)["spec"].get("multi_label")))
         datastore.update_image_info(image_id, {self.key_output_entropy: score, self.key_output_ts: model_ts})
         logger.info(f"{self.key_output_entropy}: {image_id} => {score:.4f} ({len(probs)} pass(es), "

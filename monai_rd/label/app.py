@@ -13,8 +13,9 @@
   (class labels); for a segmentation bundle (its ``metadata.json`` declares a ``segmentation`` output, e.g.
   ``rd_brain_segment_2d``) :class:`~monai_rd.label.segment_infer_task.RDSegmentInferTask` and
   :class:`~monai_rd.label.segment_train_task.RDSegmentTrainTask` (label maps drawn in a client).
-- ``models``: the served models folder, for one bundle only (default ``<bundle>/models``); a training started
-  from MONAI Label publishes its ``model.pt`` there when it scores at least as well as the served one.
+- ``models``: the served models folder (default ``<bundle>/models``): one folder for one bundle, or
+  ``<model>=<folder>`` pairs, comma-separated; a training started from MONAI Label publishes its ``model.pt``
+  there when it scores at least as well as the served one.
 - ``model_file``: refused unless it is ``<models>/model.pt``: only the deployed student is served.
 - ``keep_runs``: how many training runs (``<models>/label_runs/<time>``) and replaced models to keep (default 3).
 - ``train_options``: bundle options for every training of a model, as a JSON object ``{"<model>": {"<option>":
@@ -52,7 +53,7 @@ from monai_rd.label.datastore import IMAGE_PATTERNS, RDDatastore, RDSessions
 from monai_rd.label.http_errors import http_error, refusal
 from monai_rd.label.infer_task import RDClassifyInferTask
 from monai_rd.label.mask_labels import conform_label_map, is_label_map
-from monai_rd.label.redaction import PathRedactor, redacted_output
+from monai_rd.label.redaction import PathRedactor, redact_task_status, redacted_output
 from monai_rd.label.segment_infer_task import RDSegmentInferTask
 from monai_rd.label.segment_train_task import RDSegmentTrainTask
 from monai_rd.label.served_model import ServedStudent, check_model_file
@@ -60,6 +61,22 @@ from monai_rd.label.train_task import RDTrainTask
 from monai_rd.label.uploads import UploadFolder
 
 __all__ = ["IMAGE_PATTERNS", "RDLabelApp"]
+
+
+def _served_folders(value: Any, names: list[str]) -> dict[str, str]:
+    """``--conf models``: one folder (one bundle), or ``<model>=<folder>`` pairs, comma-separated."""
+    if not value:
+        return {}
+    text = str(value)
+    if "=" not in text:
+        if len(names) > 1:
+            raise OptionError("--conf models names one served folder; with several bundles give <model>=<folder>,...")
+        return {names[0]: text}
+    folders = dict(pair.split("=", 1) for pair in text.split(",") if pair.strip())
+    unknown = sorted(set(folders) - set(names))
+    if unknown:
+        raise OptionError(f"--conf models names {unknown}, not models of this app {names}.")
+    return {k.strip(): v.strip() for k, v in folders.items()}
 
 
 def _train_options(value: Any) -> dict[str, dict[str, Any]]:
@@ -89,7 +106,7 @@ class RDLabelApp(MONAILabelApp):
         conf: ``--conf`` values; see the module docstring.
 
     Raises:
-        OptionError: no ``bundle`` in ``conf``, ``models`` with several bundles, a ``model_file`` other than
+        OptionError: no ``bundle`` in ``conf``, one ``models`` folder for several bundles, a ``model_file`` other than
             ``model.pt``, a ``keep_runs`` below 1, ``train_options`` that are not per-model objects or name an
             unknown model.
     """
@@ -98,15 +115,17 @@ class RDLabelApp(MONAILabelApp):
         bundles = [b.strip() for b in str(conf.get("bundle", "")).split(",") if b.strip()]
         if not bundles:
             raise OptionError("--conf bundle <RD bundle folder> is required, e.g. --conf bundle bundles/rd_demo.")
-        models = conf.get("models")
-        if models and len(bundles) > 1:
-            raise OptionError("--conf models names one served folder; give one bundle with it.")
+        names = [os.path.basename(os.path.normpath(b)) for b in bundles]
+        models = _served_folders(conf.get("models"), names)
         if conf.get("model_file"):
             check_model_file(conf["model_file"])
-            if models and os.path.abspath(os.path.dirname(conf["model_file"])) != os.path.abspath(models):
-                raise OptionError(f"--conf model_file {conf['model_file']} is not in --conf models {models}.")
-            models = models or os.path.dirname(conf["model_file"])
-        self.bundles = {os.path.basename(os.path.normpath(b)): (os.path.abspath(b), models) for b in bundles}
+            if len(bundles) > 1:
+                raise OptionError("--conf model_file names one model; give one bundle with it.")
+            folder = os.path.dirname(conf["model_file"])
+            if names[0] in models and os.path.abspath(folder) != os.path.abspath(models[names[0]]):
+                raise OptionError(f"--conf model_file {conf['model_file']} is not in --conf models {models[names[0]]}.")
+            models.setdefault(names[0], folder)
+        self.bundles = {n: (os.path.abspath(b), models.get(n)) for n, b in zip(names, bundles)}
         self.keep_runs = as_int(conf.get("keep_runs", 3), "keep_runs", min_value=1)
         self.train_options = _train_options(conf.get("train_options"))
         unknown = sorted(set(self.train_options) - set(self.bundles))
@@ -143,7 +162,16 @@ class RDLabelApp(MONAILabelApp):
         )
 
     def _load_sessions(self, load: bool = False) -> RDSessions | None:
-        return RDSessions(settings.MONAI_LABEL_SESSION_PATH, settings.MONAI_LABEL_SESSION_EXPIRY) if load else None
+        if not load:
+            return None
+        return RDSessions(settings.MONAI_LABEL_SESSION_PATH, settings.MONAI_LABEL_SESSION_EXPIRY, uploads=self.uploads)
+
+    def server_mode(self, mode: bool) -> None:
+        """Set when the server starts: from then on the tasks' status answers are shown without server paths (the
+        first line a task's subprocess prints, before this app is loaded there, names the app's folders)."""
+        super().server_mode(mode)
+        if mode:
+            redact_task_status(self.redactor)
 
     def _is_segmentation(self, root: str) -> bool:
         return ServedStudent(root).task() == "segmentation"

@@ -20,6 +20,7 @@ and ``DELETE /datastore/label`` with the same tag removes it. :class:`RDDatastor
 from __future__ import annotations
 
 import os
+import pathlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -64,9 +65,8 @@ def check_name(value: Any, what: str) -> str:
         or any(ord(c) < 32 for c in value)
         or os.path.isabs(value)
     ):
-        raise http_error(
-            400, f"{what} {value!r} is not a name: ids and tags are plain names, without path separators or '..'."
-        )
+        # the value is not echoed: it may be a path, and no answer names one
+        raise http_error(400, f"{what} is not a name: ids and tags are plain names, without path separators or '..'.")
     return value
 
 
@@ -223,8 +223,9 @@ class RDDatastore(LocalDatastore):
             image_id, tag = self._image(image_id), self._tag(label_tag)
             ext = _extension(label_filename, LABEL_EXTENSIONS)
             if not ext:
+                suffix = "".join(pathlib.Path(label_filename).suffixes) or "no extension"
                 raise http_error(
-                    422, f"a label is a class label (.json) or a NIfTI label map (.nii.gz, .nii); got {os.path.basename(label_filename)!r}."
+                    422, f"a label is a class label (.json) or a NIfTI label map (.nii.gz, .nii), not {suffix!r}."
                 )
             info = dict(label_info or {})
             if self.label_check is not None:
@@ -278,7 +279,15 @@ class RDSessions(Sessions):
     ``Sessions`` joins the session id of a request into paths (``DELETE /session/..`` reaches the sessions folder's
     parent) and unpacks uploaded archives without checking their member paths. Here an id that is not a name is
     no session, and ``uncompress`` is refused (HTTP 422): upload the image files themselves.
+
+    Args:
+        store_path, expiry: ``Sessions``'.
+        uploads: the server's upload folder (a refused upload is removed from it).
     """
+
+    def __init__(self, store_path: str = "", expiry: int = 3600, uploads: UploadFolder | None = None):
+        super().__init__(store_path, expiry)
+        self.uploads = uploads
 
     def get_session(self, session_id: str, update_ts: bool = True, fetch_cache: bool = True) -> Any:
         try:
@@ -291,10 +300,15 @@ class RDSessions(Sessions):
         super().remove_session(check_name(session_id, "session id"))
 
     def add_session(self, data_file: str, expiry: int = 0, uncompress: bool = False, session_id: Any = None) -> Any:
-        if uncompress:
-            raise http_error(422, "uncompress is not supported: upload the image files themselves.")
-        if session_id is not None:
-            check_name(session_id, "session id")
+        try:
+            if uncompress:
+                raise http_error(422, "uncompress is not supported: upload the image files themselves.")
+            if session_id is not None:
+                check_name(session_id, "session id")
+        except Exception:
+            if self.uploads is not None:
+                self.uploads.discard(data_file)
+            raise
         return super().add_session(data_file, expiry, uncompress=False, session_id=session_id)
 
     def holds(self, path: Any) -> bool:

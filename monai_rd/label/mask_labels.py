@@ -93,12 +93,19 @@ def conform_label_map(
     return out
 
 
-def mask_datalist(datastore: Any, tag: str = "final") -> list[dict[str, str]]:
-    """``{"image": path, "label": path}`` for every image of ``datastore`` with a label map under ``tag``.
+def mask_datalist(
+    datastore: Any, tag: str = "final", spatial_dims: int | None = None, num_classes: int | None = None
+) -> list[dict[str, str]]:
+    """``{"image": path, "label": path}`` for every image of ``datastore`` with a label map under ``tag`` that a
+    model of ``spatial_dims`` and ``num_classes`` can train on.
 
     Args:
         datastore: a ``monailabel.interfaces.datastore.Datastore``.
         tag: the label tag (``final``: what annotators save).
+        spatial_dims: keep only the images of this many dimensions (a datastore may hold a 2D and a 3D model's
+            images); None keeps all.
+        num_classes: keep only the label maps whose values are below it (saved for a model with as many classes);
+            None keeps all.
 
     Returns:
         The pairs in the datastore's order; images whose label under ``tag`` is not a label map (a class label) are
@@ -108,6 +115,12 @@ def mask_datalist(datastore: Any, tag: str = "final") -> list[dict[str, str]]:
     for image_id in datastore.list_images():
         label_id = datastore.get_label_by_image_id(image_id, tag)
         path = datastore.get_label_uri(label_id, tag) if label_id else ""
-        if path and is_label_map(path) and os.path.isfile(path):
-            items.append({"image": datastore.get_image_uri(image_id), "label": path})
+        if not (path and is_label_map(path) and os.path.isfile(path)):
+            continue
+        label = nib.load(path)
+        if spatial_dims is not None and len(label.shape) != spatial_dims:
+            continue
+        if num_classes is not None and np.asanyarray(label.dataobj).max() >= num_classes:
+            continue
+        items.append({"image": datastore.get_image_uri(image_id), "label": path})
     return items

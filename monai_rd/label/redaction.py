@@ -4,19 +4,21 @@ A client of the MONAI Label server must learn nothing about the server's file sy
 absolute path. :class:`PathRedactor` replaces the folders the app knows by a name in angle brackets
 (``<studies>``, ``<models:rd_demo>``) and any other absolute path by ``<path>``.
 :func:`redacted_output` applies it to everything a training, scoring or batch-inference subprocess prints, which
-MONAI Label hands to clients as the task's ``details``.
+MONAI Label hands to clients as the task's ``details``; :func:`redact_task_status` to MONAI Label's task status
+answers themselves, for the lines such a subprocess prints before the app is loaded in it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
 import threading
 from collections.abc import Iterator, Mapping
 
-__all__ = ["PathRedactor", "redacted_output"]
+__all__ = ["PathRedactor", "redact_task_status", "redacted_output"]
 
 # an absolute POSIX path at the start of a token (after a space, quote, bracket, '=' or the start): not the '//' of
 # a URL, not a ratio such as 1/2
@@ -79,3 +81,26 @@ def redacted_output(redactor: PathRedactor) -> Iterator[None]:
         reader.join(timeout=10)
         os.close(saved_out)
         os.close(saved_err)
+
+
+def redact_task_status(redactor: PathRedactor) -> None:
+    """Make MONAI Label's ``AsyncTask.status`` (``GET /train/``, ``/batch/infer``, ``/scoring/``: each task's
+    request and ``details``) answer through ``redactor``.
+
+    A task's subprocess logs the app's folders (``Initializing App from: <app>; studies: <studies>; conf: ...``)
+    before it imports the app, so only the server can take them out of the answers: this replaces the static method
+    once per process with one that returns a redacted copy (the stored tasks are unchanged).
+    """
+    from monailabel.utils.async_tasks.task import AsyncTask
+
+    current = AsyncTask.__dict__["status"].__func__
+    original = getattr(current, "__wrapped__", current)
+
+    def status(method: str, all: bool = False, check_if_running: bool = False) -> tuple:
+        result, detail = original(method, all, check_if_running)
+        if result is not None:
+            result = json.loads(redactor(json.dumps(result, default=list)))
+        return result, redactor(detail) if isinstance(detail, str) else detail
+
+    status.__wrapped__ = original
+    AsyncTask.status = staticmethod(status)

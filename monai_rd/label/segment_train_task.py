@@ -3,7 +3,7 @@
 :class:`RDSegmentTrainTask` is :class:`~monai_rd.label.train_task.RDTrainTask` (the run through the bundle's own
 ``train.json``, ``train_stats``, the publish rule, the pruning) on segmentation labels: every image of the
 datastore with a NIfTI label map under the request's ``label_tag`` (saved with ``PUT /datastore/label`` and
-checked then: :mod:`monai_rd.label.mask_labels`), split at random with the request's ``seed``, given to the
+checked then: :mod:`monai_rd.label.mask_labels`) of the model's dimensions and classes, split at random with the request's ``seed``, given to the
 recipe as its ``datalist`` (the teacher cache is built from exactly the training images). The new model is
 scored and served like a classification one, by mean Dice of the served label maps
 (:func:`~monai_rd.label.model_score.validation_score`).
@@ -33,7 +33,8 @@ class RDSegmentTrainTask(RDTrainTask):
     min_labelled = 2  # 1 to train on, 1 to validate
 
     def _fetch_datalist(self, request: dict[str, Any], datastore: Datastore) -> list[dict[str, Any]]:
-        return mask_datalist(datastore, tag=request.get("label_tag", "final"))
+        return mask_datalist(datastore, tag=request.get("label_tag", "final"), spatial_dims=self.student.spatial_dims(),
+                             num_classes=len(self.class_names()))
 
     def _partition_datalist(self, datalist: list[dict[str, Any]], request: dict[str, Any], shuffle: bool = False):
         """A seeded random split (MONAI's ``partition_dataset``) with at least one image on each side."""

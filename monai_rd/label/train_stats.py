@@ -48,7 +48,7 @@ class TrainStatsWriter(PublishStatsAndModel):
         super().attach(engine)
 
     def _add_loss(self, engine: Any) -> None:
-        self._loss_sum += float(self._loss(engine.state.output)[0])
+        self._loss_sum += float(self._loss(engine.state.output))
         self._loss_count += 1
 
     def iteration_completed(self) -> dict[str, Any]:

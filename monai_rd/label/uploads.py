@@ -45,10 +45,19 @@ class UploadFolder:
         return os.path.dirname(real) == self.path and os.path.isfile(real)
 
     def discard(self, *paths: object) -> None:
-        """Remove the given paths that are uploads (other values are ignored)."""
+        """Remove the uploads among ``paths``: for a path in this folder, the entry of the folder that holds it (the
+        file, or the folder MONAI Label made for a multi-file upload); other values are ignored."""
         for path in paths:
-            if self.holds(path):
-                os.remove(os.path.realpath(path))
+            if not isinstance(path, str) or not os.path.isabs(path):
+                continue
+            relative = os.path.relpath(os.path.realpath(path), self.path)
+            if relative == "." or relative.startswith(".."):
+                continue
+            top = os.path.join(self.path, relative.split(os.sep)[0])
+            if os.path.isdir(top) and not os.path.islink(top):
+                shutil.rmtree(top, ignore_errors=True)
+            elif os.path.lexists(top):
+                os.remove(top)
 
     def sweep(self) -> None:
         """Remove files and folders older than ``max_age_s`` (left by requests that failed before the app saw them)."""
