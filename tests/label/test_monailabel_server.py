@@ -30,14 +30,14 @@ pytestmark = [pytest.mark.label, pytest.mark.slow]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundles", "rd_demo")
 CONFIGS = os.path.join(BUNDLE, "configs")
-READMES = ("README.md", os.path.join("apps", "monailabel", "README.md"))
+READMES = (os.path.join("docs", "label.md"), os.path.join("apps", "monailabel", "README.md"))
 STUDIES = "my_images"  # the studies folder the READMEs name
 DICOMS = {"ct_small": "CT_small.dcm", "mr_small": "MR_small.dcm"}  # pydicom's own CT and MR test files
 TRAIN_TIMEOUT = 600
 
 
 def readme_command() -> str:
-    """The `monailabel start_server` command, the same in the README and the app's README (else the test fails)."""
+    """The `monailabel start_server` command, the same in docs/label.md and the app's README (else the test fails)."""
     commands = {path: doc_commands(path, prefixes=("monailabel start_server",)) for path in READMES}
     assert all(len(c) == 1 for c in commands.values()), commands
     assert len({c[0] for c in commands.values()}) == 1, f"the READMEs give different commands: {commands}"

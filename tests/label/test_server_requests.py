@@ -244,6 +244,25 @@ def test_bad_requests_get_their_status_and_reason(served):
     assert _uploads_left(served) == []  # the failed uploads above were removed, not left in the folder
 
 
+def test_the_classification_model_through_monai_labels_python_client(served, tmp_path):
+    """Catches a classification model that a standard client cannot use: MONAI Label's own Python client lists it,
+    fetches a sample, saves a class label with params, and gets the scores (and the JSON file) from inference."""
+    from monailabel.client import MONAILabelClient
+
+    client = MONAILabelClient(served["url"], tmpdir=str(tmp_path))
+    info = client.info()
+    assert info["models"]["rd_demo"]["type"] == "classification" and info["models"]["rd_demo"]["labels"] == DEMO_CLASSES
+    sample = client.next_sample("first", {})
+    assert sample["id"] in served["pngs"] + list(served["slices"]) + list(served["volumes"]) + ["CT_small"]
+    label = tmp_path / "label.json"
+    label.write_text(json.dumps({"label": "occipital"}))
+    saved = client.save_label(served["pngs"][2], str(label), tag="final", params={"label": "occipital"})
+    assert saved["image"] == served["pngs"][2]
+    image_out, params = client.infer("rd_demo", served["pngs"][2], {})
+    assert params["label"] in DEMO_CLASSES and sorted(params["scores"]) == sorted(DEMO_CLASSES)
+    assert json.load(open(image_out))["label"] == params["label"]
+
+
 def _sha(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
@@ -323,14 +342,17 @@ def test_scoring_and_strategies_over_http(served):
     assert started.status_code == 200, started.text
     task = served["server"].wait_task("scoring", TASK_TIMEOUT)
     assert task["status"] == "DONE", task["details"]
-    unlabelled = [i for i in served["pngs"] if i != served["pngs"][1]]  # pngs[1] was labelled above
-    scores = {i: _get(served, "/datastore/image/info", params={"image": i}).json()["entropy_rd_demo"]
+    objects = _get(served, "/datastore/", params={"output": "all"}).json()["objects"]
+    unlabelled = sorted(i for i, o in objects.items() if "final" not in o["labels"])
+    scores = {i: _get(served, "/datastore/image/info", params={"image": i}).json().get("entropy_rd_demo")
               for i in unlabelled}
+    pngs = {i: v for i, v in scores.items() if i in served["pngs"]}
+    assert len(pngs) >= 2 and all(v is not None for v in pngs.values())  # every unlabelled PNG scored
     pick = _keep(requests.post(f"{served['url']}/activelearning/entropy_rd_demo", json={}, timeout=30)).json()
-    assert pick["id"] == max(scores, key=scores.get) and pick["score"] == pytest.approx(scores[pick["id"]])
+    best = max((v if v is not None else 0.0, i) for i, v in scores.items())[1]
+    assert pick["id"] == best and pick["score"] == pytest.approx(scores[best])
     first = _keep(requests.post(f"{served['url']}/activelearning/first", json={}, timeout=30)).json()
-    assert first["id"] == sorted(i for i in _get(served, "/datastore/", params={"output": "all"}).json()["objects"]
-                                 if i not in (served["pngs"][1], *served["slices"], *served["volumes"]))[0]
+    assert first["id"] == unlabelled[0]
     for answer in (pick, first):
         assert "path" not in answer or not os.path.isabs(answer["path"])
     answer = _keep(requests.post(f"{served['url']}/activelearning/epistemic", json={}, timeout=30))
