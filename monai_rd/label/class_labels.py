@@ -7,7 +7,9 @@ read from, in this order:
 1. the label's info: ``{"label": "<class name>"}`` or ``{"label": <class index>}`` (the ``params`` of the upload);
 2. the label file itself, when it is JSON with the same key (``{"label": "frontal"}``).
 
-An image whose label names no known class is refused with its id and the class names, never silently dropped.
+An image whose label names no known class is refused with its id and the class names, never silently dropped:
+when the label is saved (the app's datastore checks it with :func:`label_class`, HTTP 422), and again when a
+training reads it. Label maps (NIfTI, :mod:`monai_rd.label.mask_labels`) are segmentation labels, not class labels.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from monai_rd.errors import DataCheckError
+from monai_rd.label.mask_labels import is_label_map
 
-__all__ = ["CLASS_KEY", "class_index", "labelled_datalist", "read_class_label"]
+__all__ = ["CLASS_KEY", "class_index", "label_class", "labelled_datalist", "read_class_label"]
 
 CLASS_KEY = "label"
 
@@ -78,6 +81,21 @@ def read_class_label(info: dict[str, Any] | None, label_path: str | None) -> Any
     return None
 
 
+def label_class(info: dict[str, Any] | None, label_path: str | None, class_names: Sequence[str], where: str) -> int:
+    """The class index a label gives (see :func:`read_class_label` and :func:`class_index`).
+
+    Raises:
+        DataCheckError: the label gives no class, or one that is not in ``class_names``.
+    """
+    value = read_class_label(info, label_path)
+    if value is None:
+        raise DataCheckError(
+            f"{where}: its label has no class; save it with params {{\"{CLASS_KEY}\": \"<class name>\"}} (one of "
+            f"{list(class_names)}), or as a JSON file {{\"{CLASS_KEY}\": ...}}."
+        )
+    return class_index(value, class_names, where)
+
+
 def labelled_datalist(datastore: Any, class_names: Sequence[str], tag: str = "final") -> list[dict[str, Any]]:
     """``{"image": path, "label": index}`` for every image of ``datastore`` that has a class label under ``tag``.
 
@@ -87,21 +105,20 @@ def labelled_datalist(datastore: Any, class_names: Sequence[str], tag: str = "fi
         tag: the label tag (MONAI Label's ``final`` is what annotators save).
 
     Returns:
-        The labelled images in the datastore's order (paths as the datastore gives them).
+        The images with a class label under ``tag``, in the datastore's order (paths as the datastore gives them);
+        images whose label is a label map (segmentation) are not listed.
 
     Raises:
         DataCheckError: a label names no known class, or a label has no class at all (its id is named).
     """
     items = []
-    for image_id in datastore.get_labeled_images(label_tag=tag):
+    for image_id in datastore.list_images():
         label_id = datastore.get_label_by_image_id(image_id, tag)
-        info = datastore.get_label_info(label_id, tag) if label_id else {}
-        path = datastore.get_label_uri(label_id, tag) if label_id else None
-        value = read_class_label(info, path)
-        if value is None:
-            raise DataCheckError(
-                f"image {image_id!r}: its {tag!r} label has no class; save it with params {{\"{CLASS_KEY}\": "
-                f"\"<class name>\"}} (one of {list(class_names)}), or as a JSON file {{\"{CLASS_KEY}\": ...}}."
-            )
-        items.append({"image": datastore.get_image_uri(image_id), "label": class_index(value, class_names, f"image {image_id!r}")})
+        if not label_id:
+            continue
+        path = datastore.get_label_uri(label_id, tag)
+        if is_label_map(path):
+            continue
+        index = label_class(datastore.get_label_info(label_id, tag), path, class_names, f"image {image_id!r}")
+        items.append({"image": datastore.get_image_uri(image_id), "label": index})
     return items

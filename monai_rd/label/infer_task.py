@@ -3,25 +3,47 @@
 MONAI Label's stock ``monaibundle`` app treats every bundle as segmentation: its ``Restored`` post-transform
 expects a mask, so a class vector gives HTTP 500, and a checkpoint offered as a model choice is loaded
 non-strictly. :class:`RDInferTask` serves ``model.pt`` only, strictly, through the bundle's own ``inference.json``
-preprocessing and network, and answers a request it cannot serve with an HTTP status and the reason.
-:class:`RDClassifyInferTask` is its ``classification`` task: every class's score and the predicted label. The
-segmentation task is :class:`monai_rd.label.segment_infer_task.RDSegmentInferTask`.
+preprocessing and network, and answers a request it cannot serve with an HTTP status and the reason (see
+:mod:`monai_rd.label.http_errors`): 409 without a usable model, 422 for an image it cannot read or a bad option.
+:class:`RDClassifyInferTask` is its ``classification`` task: every class's score and the predicted label, also as
+a JSON file (``output=image``). The segmentation task is :class:`monai_rd.label.segment_infer_task.RDSegmentInferTask`.
+No answer names a server path: the model is identified by its name and ``model.pt``'s SHA-256.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import tempfile
 from typing import Any, Callable, Sequence
 
 import torch
-from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.utils.others.generic import name_to_device
 
-from monai_rd.errors import CheckpointMismatchError, DataCheckError, OptionError
+from monai_rd.errors import CheckpointMismatchError
+from monai_rd.label.http_errors import http_error, refusal
 from monai_rd.label.served_model import ServedStudent, check_model_file
 
 __all__ = ["RDClassifyInferTask", "RDInferTask"]
+
+# request keys a client may not set: they would make BasicInferTask answer with its whole data dict (tensors and
+# the image's server path) or skip the checks of this task
+_INTERNAL_KEYS = ("skip_writer", "result_write_to_file", "result_extension", "result_dtype", "result_compress")
+
+
+def _device(value: Any) -> str:
+    """A device this machine has, from a request's ``device`` (MONAI Label's names: ``cuda``, ``cpu``, a GPU's)."""
+    name = name_to_device(value)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise http_error(422, f"device {value!r} is not a device of this server ({e}).") from e
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise http_error(422, f"device {value!r}: this server has {torch.cuda.device_count()} GPU(s).")
+    return name
 
 
 class RDInferTask(BasicInferTask):
@@ -44,13 +66,14 @@ class RDInferTask(BasicInferTask):
 
     def __init__(self, bundle_root: str, model_dir: str | None = None, description: str | None = None):
         self.student = ServedStudent(bundle_root, model_dir)
+        self.name = os.path.basename(self.student.bundle_root)
         super().__init__(
             path=self.student.model_path,
             network=None,
             type=self.infer_type,
             labels=self.label_map(self.student.class_names()),
             dimension=self.student.spatial_dims(),
-            description=description or f"RD student of {os.path.basename(self.student.bundle_root)}: {self.answer}",
+            description=description or f"RD student of {self.name}: {self.answer}",
             load_strict=True,
         )
 
@@ -67,28 +90,32 @@ class RDInferTask(BasicInferTask):
         config["trained"] = self.student.exists()
         return config
 
-    def _refused(self, status: int, error: Exception) -> HTTPException:
-        # the server turns any other exception into a bare "Internal Server Error"; this keeps the reason
-        return HTTPException(status_code=status, detail=f"{type(error).__name__}: {error}")
-
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict[str, Any]]:
-        """Run inference on ``request["image"]``; see ``BasicInferTask.__call__``.
+        """Run inference on ``request["image"]`` (a file or DICOM series folder); see ``BasicInferTask.__call__``.
 
         Raises:
-            HTTPException: 409 when a model file other than ``model.pt`` is asked for or ``model.pt`` does not
-                load strictly, 404 when no model is trained yet, 422 when the image cannot be read.
+            HTTPException: 409 when a model file other than ``model.pt`` is asked for, or ``model.pt`` is missing or
+                does not load strictly; 422 when the image cannot be read or an option (``device``) is unusable.
         """
+        request = {k: v for k, v in request.items() if k not in _INTERNAL_KEYS}
+        if not isinstance(logging.getLevelName(str(request.get("logging", "INFO")).upper()), int):
+            request["logging"] = "INFO"  # BasicInferTask would fail on an unknown level name
         try:
+            request["device"] = _device(request.get("device"))
             chosen = request.get("model_filename")
             if chosen:
                 check_model_file(chosen if isinstance(chosen, str) else chosen[0])
+            self.student.load(request["device"])  # a missing or mismatched model is the model's problem (409)
             return super().__call__(request, callbacks)
-        except CheckpointMismatchError as e:
-            raise self._refused(409, e) from e
-        except FileNotFoundError as e:
-            raise self._refused(404, e) from e
-        except (DataCheckError, OptionError) as e:
-            raise self._refused(422, e) from e
+        except Exception as e:
+            raise refusal(e, default=500) from e  # an unexpected failure is the server's, still with its reason
+
+    def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> dict[str, Any]:
+        """The bundle's preprocessing; an image it cannot read is the request's problem (422)."""
+        try:
+            return super().run_pre_transforms(data, transforms)
+        except Exception as e:
+            raise refusal(e, default=422) from e
 
     def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
         device = data.get("device", "cpu") if data else "cpu"
@@ -103,8 +130,9 @@ class RDClassifyInferTask(RDInferTask):
 
     The reply's JSON (``params`` of ``POST /infer/<model>``) holds ``prediction`` (MONAI Label's classification
     format: ``[{"idx", "label", "score"}]`` for every class), ``scores`` (class name -> score), ``label`` (the
-    predicted class; for a multi-label model the list of classes scoring at least 0.5), and ``activation``
-    (``softmax``, or ``sigmoid`` for multi-label).
+    predicted class; for a multi-label model the list of classes scoring at least 0.5), ``activation``
+    (``softmax``, or ``sigmoid`` for multi-label), ``model`` (the model's name) and ``model_sha256`` (of the
+    ``model.pt`` that answered).
 
     See :class:`RDInferTask` for the arguments.
     """
@@ -113,9 +141,12 @@ class RDClassifyInferTask(RDInferTask):
         device = data.get("device", "cpu") if data else "cpu"
         return self.student.load(device)["postprocessing"].transforms
 
-    def writer(self, data: dict[str, Any], extension: Any = None, dtype: Any = None) -> tuple[None, dict[str, Any]]:
-        """The scores of every class and the predicted label (no label file: a class is not a mask)."""
-        spec = self.student.load(data.get("device", "cpu"))["spec"]
+    def writer(self, data: dict[str, Any], extension: Any = None, dtype: Any = None) -> tuple[str, dict[str, Any]]:
+        """The scores of every class and the predicted label, in the answer's JSON and as a JSON file (what
+        ``output=image`` returns, and what MONAI Label saves as the image's ``original`` label with ``save_label``:
+        ``{"label": <class>, "scores": {...}}``, a class label the datastore accepts)."""
+        loaded = self.student.load(data.get("device", "cpu"))
+        spec = loaded["spec"]
         names = spec["class_names"]
         scores = [float(s) for s in torch.as_tensor(data[self.output_label_key]).detach().cpu().reshape(-1)]
         if len(scores) != len(names):
@@ -125,10 +156,14 @@ class RDClassifyInferTask(RDInferTask):
         else:
             label = names[max(range(len(scores)), key=scores.__getitem__)]
         self.labels = names  # a newly published model may have other classes
-        return None, {
+        result = {
             "prediction": [{"idx": i, "label": n, "score": s} for i, (n, s) in enumerate(zip(names, scores))],
             "scores": dict(zip(names, scores)),
             "label": label,
             "activation": "sigmoid" if spec["multi_label"] else "softmax",
-            "model": self.student.model_path,
+            "model": self.name,
+            "model_sha256": loaded["sha256"],
         }
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump({"label": label, "scores": result["scores"]}, f)
+        return f.name, result

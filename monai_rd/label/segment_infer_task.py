@@ -4,14 +4,20 @@
 ``python -m monai.bundle run --config_file <bundle>/configs/inference.json`` writes it: the bundle's
 preprocessing (orientation, spacing, intensity window), its sliding-window inferer with the ``roi_size`` the model
 was trained with, and its postprocessing (softmax inverted onto the input grid, argmax), without the bundle's
-file saver: MONAI Label writes the label file it returns.
+file saver: the task writes the label file it returns with the same NIfTI writer, so a 2D map too carries the
+input's affine (MONAI Label's own writer gives a 2D map a 1 mm identity grid).
+
+Its ``type`` and ``labels`` are what 3D Slicer's MONAI Label module lists and draws with: ``segmentation`` and
+``{class name: value}`` without the background, the values being the label map's.
 """
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from monai.data import NibabelWriter
 from monai.inferers import Inferer
 from monai.transforms import SaveImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -26,7 +32,8 @@ class RDSegmentInferTask(RDInferTask):
     """A label map (NIfTI, uint8, background 0) of one volume from ``<model_dir>/model.pt``.
 
     The reply is the label file and, in its JSON, ``label_names`` (class name -> value, background excluded),
-    ``class_names`` (every channel, background first) and ``model`` (the served file). Arguments: see
+    ``class_names`` (every channel, background first), ``model`` (the model's name) and ``model_sha256`` (of the
+    ``model.pt`` that answered). Arguments: see
     :class:`~monai_rd.label.infer_task.RDInferTask` (``bundle_root``: a Deep RD segmentation bundle, e.g.
     ``bundles/rd_spleen_ct``).
     """
@@ -64,8 +71,17 @@ class RDSegmentInferTask(RDInferTask):
         return [*post, SqueezeDimd(keys=self.output_label_key, dim=0)]
 
     def writer(self, data: dict[str, Any], extension: Any = None, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
-        """The label map as a NIfTI file (also for a DICOM input, whose path has no extension) and its names."""
-        names = self.student.load(data.get("device", "cpu"))["spec"]["class_names"]
+        """The label map as a NIfTI file (also for a DICOM input, whose path has no extension) on the input's grid
+        (the affine the bundle's postprocessing restored, as ``inference.json``'s ``SaveImaged`` writes it)."""
+        loaded = self.student.load(data.get("device", "cpu"))
+        names = loaded["spec"]["class_names"]
         self.labels = self.label_map(names)  # a newly published model may have other classes
-        label_file, result = super().writer(data, extension=extension or ".nii.gz", dtype=dtype or np.uint8)
-        return label_file, {**result, "class_names": list(names), "model": self.student.model_path}
+        pred = data[self.output_label_key]
+        writer = NibabelWriter(output_dtype=np.uint8)
+        writer.set_data_array(pred, channel_dim=None)
+        writer.set_metadata(dict(pred.meta), resample=False)
+        label_file = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
+        writer.write(label_file)
+        result = {"label_names": self.labels, "class_names": list(names), "model": self.name,
+                  "model_sha256": loaded["sha256"]}
+        return label_file, result

@@ -13,6 +13,7 @@ The network, preprocessing and postprocessing come from the bundle's own ``confi
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -23,8 +24,9 @@ import torch
 from monai_rd.bundle.model_spec import MODEL_SPEC_FILE, read_model_spec
 from monai_rd.errors import CheckpointMismatchError
 from monai_rd.export import bundle_network
+from monai_rd.label.http_errors import MissingModelError
 
-__all__ = ["MODEL_FILE", "ServedStudent", "check_model_file", "publish_model"]
+__all__ = ["MODEL_FILE", "ServedStudent", "check_model_file", "prune_folders", "publish_model"]
 
 MODEL_FILE = "model.pt"
 
@@ -121,21 +123,23 @@ class ServedStudent:
             device: where to run the network.
 
         Returns:
-            ``{"network", "preprocessing", "postprocessing", "inferer", "spec"}`` (``inferer``: the config's, e.g.
-            a segmentation bundle's sliding window; None if it has none); the same objects until the files change.
+            ``{"network", "preprocessing", "postprocessing", "inferer", "spec", "sha256"}`` (``inferer``: the
+            config's, e.g. a segmentation bundle's sliding window; None if it has none; ``sha256``: of ``model.pt``,
+            which tells a client which model answered); the same objects until the files change.
 
         Raises:
-            FileNotFoundError: no ``model.pt`` or ``model_meta.json`` in the served folder (nothing trained yet).
+            MissingModelError: no ``model.pt`` or ``model_meta.json`` in the served folder (nothing trained yet).
             CheckpointMismatchError: ``model.pt`` does not load strictly into the network the spec describes, or the
                 spec belongs to another bundle or monai_rd version.
         """
         device = torch.device(device)
-        if not os.path.isfile(self.model_path):
-            raise FileNotFoundError(
-                f"{self.model_path} is missing: no trained model to serve yet. Train one (POST /train/<model> on "
+        if not self.exists():
+            missing = self.model_path if not os.path.isfile(self.model_path) else self.spec_path
+            raise MissingModelError(
+                f"{missing} is missing: no trained model to serve yet. Train one (POST /train/<model> on "
                 "labelled images, or the bundle's train.json) or point --conf models at a trained run's models folder."
             )
-        key = _stat_key(self.model_path, self.spec_path if os.path.isfile(self.spec_path) else self.model_path)
+        key = _stat_key(self.model_path, self.spec_path)
         cached = self._loaded.get(str(device))
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -148,15 +152,58 @@ class ServedStudent:
             "postprocessing": parser.get_parsed_content("postprocessing", instantiate=True),
             "inferer": parser.get_parsed_content("inferer", instantiate=True) if "inferer" in parser else None,
             "spec": spec,
+            "sha256": _sha256(self.model_path),
         }
         self._loaded[str(device)] = (key, loaded)
         return loaded
+
+    def probabilities(self, image: str, device: str | torch.device = "cpu", mc_samples: int = 1) -> torch.Tensor:
+        """Class probabilities of the served model for one image, on the network's input grid.
+
+        With dropout in the student and ``mc_samples`` > 1, the samples are Monte Carlo dropout passes (dropout on,
+        everything else in eval mode); without dropout one deterministic pass is returned.
+
+        Args:
+            image: the image file (or DICOM series folder) as the bundle's ``inference.json`` reads it.
+            device: where to run the network.
+            mc_samples: the number of dropout passes.
+
+        Returns:
+            ``(R, C, *spatial)`` probabilities (softmax over classes, or sigmoid per class for a multi-label model),
+            ``R`` = ``mc_samples`` with dropout, else 1; ``spatial`` empty for a classification model.
+        """
+        loaded = self.load(device)
+        network, inferer = loaded["network"], loaded["inferer"]
+        x = loaded["preprocessing"]({"image": image})["image"][None].to(device)
+        dropout = [m for m in network.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
+        passes = max(1, int(mc_samples)) if dropout else 1
+        outputs = []
+        try:
+            for m in dropout:
+                m.train(passes > 1)
+            with torch.no_grad():
+                for _ in range(passes):
+                    outputs.append(inferer(x, network) if inferer is not None else network(x))
+        finally:
+            for m in dropout:
+                m.eval()
+        logits = torch.cat([torch.as_tensor(o).float() for o in outputs]).cpu()
+        return torch.sigmoid(logits) if loaded["spec"].get("multi_label") else torch.softmax(logits, dim=1)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def publish_model(run_ckpt_dir: str, model_dir: str) -> str:
     """Make a finished run's ``model.pt`` and ``model_meta.json`` the served ones.
 
-    The previous served files move to ``<model_dir>/replaced-<UTC time>/`` (never deleted); the new ones are
+    The previous served files move to ``<model_dir>/replaced-<UTC time>/`` (the train task keeps the last few: see
+    :func:`prune_folders`); the new ones are
     copied under a temporary name and renamed, ``model_meta.json`` first, so a server never reads half a file.
 
     Args:
@@ -186,3 +233,25 @@ def publish_model(run_ckpt_dir: str, model_dir: str) -> str:
         shutil.copyfile(os.path.join(run_ckpt_dir, name), tmp)
         os.replace(tmp, os.path.join(model_dir, name))
     return os.path.join(model_dir, MODEL_FILE)
+
+
+def prune_folders(folder: str, prefix: str, keep: int) -> list[str]:
+    """Remove all but the newest ``keep`` sub-folders of ``folder`` whose names start with ``prefix``.
+
+    The names end in a UTC time stamp (``label_runs/<time>``, ``replaced-<time>``), so name order is age order.
+
+    Args:
+        folder: the parent folder (nothing happens if it does not exist).
+        prefix: the sub-folders concerned (``""``: every sub-folder).
+        keep: how many of the newest to keep (at least 1).
+
+    Returns:
+        The removed folders' names.
+    """
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(n for n in os.listdir(folder) if n.startswith(prefix) and os.path.isdir(os.path.join(folder, n)))
+    removed = names[: max(0, len(names) - max(1, int(keep)))]
+    for name in removed:
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    return removed

@@ -12,11 +12,8 @@ import json
 import os
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -26,35 +23,21 @@ from pydicom.data import get_testdata_file  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles"))
 from doc_commands import doc_commands  # noqa: E402  (tests/bundles: the README parser shared by the doc tests)
+from label_server import LabelServer, free_port, port_is_free, server_env  # noqa: E402
 
 pytestmark = [pytest.mark.label, pytest.mark.slow]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundles", "rd_demo")
 CONFIGS = os.path.join(BUNDLE, "configs")
-READMES = ("README.md", os.path.join("apps", "monailabel", "README.md"))
+READMES = (os.path.join("docs", "label.md"), os.path.join("apps", "monailabel", "README.md"))
 STUDIES = "my_images"  # the studies folder the READMEs name
 DICOMS = {"ct_small": "CT_small.dcm", "mr_small": "MR_small.dcm"}  # pydicom's own CT and MR test files
-START_TIMEOUT, STOP_TIMEOUT, TRAIN_TIMEOUT = 300, 30, 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+TRAIN_TIMEOUT = 600
 
 
 def readme_command() -> str:
-    """The `monailabel start_server` command, the same in the README and the app's README (else the test fails)."""
+    """The `monailabel start_server` command, the same in docs/label.md and the app's README (else the test fails)."""
     commands = {path: doc_commands(path, prefixes=("monailabel start_server",)) for path in READMES}
     assert all(len(c) == 1 for c in commands.values()), commands
     assert len({c[0] for c in commands.values()}) == 1, f"the READMEs give different commands: {commands}"
@@ -63,16 +46,8 @@ def readme_command() -> str:
     return command
 
 
-def _env() -> dict:
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    # the `monailabel` script runs `python -m monailabel.main`: the interpreter of this test must be that python
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env["MONAILABEL_PYEXE"] = sys.executable
-    return env
-
-
 def _run(args, cwd=REPO, timeout=600):
-    done = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(args, cwd=cwd, env=server_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
@@ -130,36 +105,13 @@ def server(tmp_path_factory):
 
     cmd = shlex.split(readme_command())
     port = int(cmd[cmd.index("--port") + 1])
-    if not _port_is_free(port):  # the only change ever made to the typed command: another server holds its port
-        port = _free_port()
-        cmd[cmd.index("--port") + 1] = str(port)
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen(cmd, cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        assert proc.poll() is None, f"the server exited ({proc.returncode}):\n{open(tmp / 'server.log').read()[-4000:]}"
-        assert time.monotonic() < deadline, f"no answer in {START_TIMEOUT} s:\n{open(tmp / 'server.log').read()[-4000:]}"
-        try:
-            if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        time.sleep(1)
-    yield {"url": url, "tmp": tmp, "models": str(models), "studies": studies, "images": str(images),
-           "labels": labels, "classes": classes, "proc": proc}
-    # stop: the whole process group (uvicorn and any training subprocess), TERM then KILL, in bounded time
-    start = time.monotonic()
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=STOP_TIMEOUT)
-    log.close()
-    assert time.monotonic() - start < 2 * STOP_TIMEOUT
-    with pytest.raises(ProcessLookupError):
-        os.killpg(proc.pid, 0)  # nothing of the group is left
+    if not port_is_free(port):  # the only change ever made to the typed command: another server holds its port
+        cmd[cmd.index("--port") + 1] = str(free_port())
+    # no scoring at start-up or after training: it would compete with the checks for the 2 cores
+    env = server_env(MONAI_LABEL_AUTO_UPDATE_SCORING="false")
+    with LabelServer(cmd, work, tmp / "server.log", env) as running:
+        yield {"url": running.url, "tmp": tmp, "models": str(models), "studies": studies, "images": str(images),
+               "labels": labels, "classes": classes, "server": running}
 
 
 def _infer(server, image_id=None, upload=None, params=None):
@@ -225,21 +177,18 @@ def test_labels_uploaded_train_to_completion_and_the_new_model_is_served(server)
         assert saved.status_code == 200, saved.text
     before = hashlib.sha256(open(os.path.join(server["models"], "model.pt"), "rb").read()).hexdigest()
 
-    # the bundle's batch size is 32: without fitting it to the 12 labels an epoch would have no iteration
-    started = requests.post(f"{url}/train/rd_demo", json={"max_epochs": 1, "image_size": 32}, timeout=60)
+    # the bundle's batch size is 32: without fitting it to the 12 labels an epoch would have no iteration;
+    # force_publish: the publish rule (tests/label/test_publish_and_active_learning.py) is not what this checks
+    started = requests.post(f"{url}/train/rd_demo", json={"max_epochs": 1, "image_size": 32, "force_publish": True},
+                            timeout=60)
     assert started.status_code == 200, started.text
-    deadline = time.monotonic() + TRAIN_TIMEOUT
-    while True:
-        task = requests.get(f"{url}/train/", timeout=30).json()
-        if task.get("status") in ("DONE", "ERROR"):
-            break
-        assert time.monotonic() < deadline, f"training still running after {TRAIN_TIMEOUT} s: {task}"
-        time.sleep(2)
+    task = server["server"].wait_task("train", TRAIN_TIMEOUT)
     assert task["status"] == "DONE", "\n".join(task.get("details", []))
     result = json.loads(next(line for line in task["details"] if "Result: " in line).split("Result: ", 1)[1])
     n = len(server["labels"])
     assert result["training"] + result["validation"] == n and result["validation"] >= 1
     assert result["val_metrics"]["epoch"] == 1 and "accuracy" in result["val_metrics"]  # max_epochs 1, validated
+    assert result["published"] and result["publish_reason"] == "force_publish"
 
     # the new model is served (the old one kept under replaced-*), and still equals the bundle's own inference
     after = hashlib.sha256(open(os.path.join(server["models"], "model.pt"), "rb").read()).hexdigest()

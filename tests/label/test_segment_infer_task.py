@@ -1,6 +1,7 @@
 """The MONAI Label segmentation task in process: a Deep RD bundle's student served as label maps equal to its own
 ``inference.json``'s, on a NIfTI volume and a DICOM series, and the app giving segmentation bundles that task."""
 
+import hashlib
 import importlib.util
 import os
 import subprocess
@@ -14,7 +15,13 @@ import torch
 pytest.importorskip("monailabel", reason='needs the label extra: pip install -e ".[label]"')
 
 from monai_rd.bundle import segmentation_model_spec, write_model_spec  # noqa: E402
-from monai_rd.label import RDClassifyInferTask, RDLabelApp, RDSegmentInferTask  # noqa: E402
+from monai_rd.label import (  # noqa: E402
+    RDClassifyInferTask,
+    RDLabelApp,
+    RDSegmentInferTask,
+    RDSegmentTrainTask,
+    RDTrainTask,
+)
 from monai_rd.networks import SegmentationStudent  # noqa: E402
 
 pytestmark = pytest.mark.label
@@ -77,7 +84,9 @@ def test_a_segmentation_bundle_is_served_with_the_label_maps_of_its_inference_js
         assert set(np.unique(want)) == {0, 1}  # a constant map would make the comparison empty
         label_file, result = task({"image": str(image), "device": "cpu"})
         assert label_file.endswith(".nii.gz") and result["label_names"] == {"spleen": 1}
-        assert result["class_names"] == ["background", "spleen"] and result["model"] == str(models / "model.pt")
+        # the model by name and checksum, never by its server path
+        assert result["class_names"] == ["background", "spleen"] and result["model"] == "rd_spleen_ct"
+        assert result["model_sha256"] == hashlib.sha256((models / "model.pt").read_bytes()).hexdigest()
         got = nib.load(label_file)
         assert got.shape == want.shape == (20, 18, 10)
         assert np.allclose(got.affine, affine) and np.allclose(expected.affine, affine)
@@ -85,13 +94,13 @@ def test_a_segmentation_bundle_is_served_with_the_label_maps_of_its_inference_js
     assert sorted(os.listdir(tmp_path / "out")) == ["case1_seg.nii.gz", "patient2"]  # nothing written by the task
 
 
-def test_the_app_serves_segmentation_bundles_and_trains_classification_bundles_only(tmp_path):
+def test_the_app_gives_each_bundle_the_tasks_of_its_kind(tmp_path):
     """Catches a segmentation bundle served by the classification task (a label map read as class scores) or given
-    a train task that expects class labels."""
+    the train task that expects class labels (and the reverse)."""
     studies = tmp_path / "studies"
     studies.mkdir()
     app = RDLabelApp(str(tmp_path), str(studies), {"bundle": f"{SPLEEN},{DEMO}"})
     infers, trainers = app.init_infers(), app.init_trainers()
     assert isinstance(infers["rd_spleen_ct"], RDSegmentInferTask) and isinstance(infers["rd_demo"], RDClassifyInferTask)
     assert infers["rd_spleen_ct"].labels == {"spleen": 1}  # from metadata.json, before any model is trained
-    assert sorted(trainers) == ["rd_demo"]
+    assert type(trainers["rd_spleen_ct"]) is RDSegmentTrainTask and type(trainers["rd_demo"]) is RDTrainTask

@@ -135,10 +135,11 @@ def test_the_train_task_sets_the_rd_recipe_options(datastore, tmp_path):
     assert overrides["batch_size"] == len(train) < 32  # the bundle's 32 fitted to the labelled images
     assert overrides["epochs"] == 2 and overrides["class_names"] == CLASSES and overrides["image_size"] == 32
     assert overrides["ckpt_dir"] == os.path.join(task._run_dir, "models")
-    # the recipe builds the teacher cache from its training items: the datalist's training split, plus unlabelled
-    # images only when the datalist lists them (MONAI Label's does not), so exactly the labelled images above
+    # the method builds the teacher cache from the options' training items (Method.prepare): the datalist's training
+    # split, plus unlabelled images only when the datalist lists them (MONAI Label's does not), so exactly the
+    # labelled images above
     initialize = json.load(open(os.path.join(BUNDLE, "configs", "train.json")))["initialize"]
-    assert any("build_cache_once(@feature_cache, @train#items)" in step for step in initialize)
+    assert "$@method_def.prepare(@datalist, @base_transforms, @train#augmentation)" in initialize
     assert training_items(overrides["datalist"], use=True, num_classes=len(CLASSES)) == train
     with pytest.raises(DataCheckError, match="needs at least 3"):
         task._partition_datalist(train[:2], request)
