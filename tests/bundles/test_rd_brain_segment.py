@@ -56,7 +56,7 @@ def run(tmp_path_factory):
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(
         {k: float(e.state.output[0][k] if isinstance(e.state.output, list) else e.state.output[k])
          for k in ("loss", "kd", "cka", "alpha")}))
-    teacher = workflow.parser.get_parsed_content("teacher")
+    teacher = workflow.parser.get_parsed_content("method_def").teacher  # built by initialize (Method.prepare)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     workflow.run()
     after = teacher.state_dict()
