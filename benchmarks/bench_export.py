@@ -86,6 +86,7 @@ def _student_and_images(n_images: int) -> tuple[torch.nn.Module, torch.Tensor, d
     parser = ConfigParser()
     parser.read_config(os.path.join(BUNDLE, "configs", "train.json"))
     parser.update({"bundle_root": BUNDLE})
+    options = parser.get_parsed_content("options")  # the bundle's options, typed and checked
     torch.manual_seed(0)
     net = parser.get_parsed_content("network_def").eval()
     transform = parser.get_parsed_content("validate#preprocessing")
@@ -93,10 +94,10 @@ def _student_and_images(n_images: int) -> tuple[torch.nn.Module, torch.Tensor, d
     x = torch.stack([convert_to_tensor(transform({"image": p, "label": 0})["image"], track_meta=False) for p in paths])
     config = {
         "bundle": "bundles/rd_demo",
-        "student": parser.get_parsed_content("student"),
+        "student": options.student,
         "in_channels": int(x.shape[1]),
         "image_size": list(x.shape[2:]),
-        "num_classes": int(parser.get_parsed_content("num_classes")),
+        "num_classes": options.num_classes,
         "parameters": sum(p.numel() for p in net.parameters()),
         "images": f"{len(paths)} demo PNGs (bundles/rd_demo/data) through the bundle's validation preprocessing",
     }

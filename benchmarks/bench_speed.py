@@ -4,20 +4,23 @@
 In one process and one run, on the same data, batch size, DataLoader settings and number of iterations,
 this times one training epoch of:
 
-* ``student_alone`` (a): the bundle with ``distill=false``: the student trained alone (CE only);
+* ``student_alone`` (a): the bundle with ``method=student``: the student trained alone (CE only);
 * ``rd_live`` (b): RD with the teacher run on every batch (``cache_teacher=false``);
 * ``rd_cached`` (c): RD with the teacher-feature cache (the bundle's default); the cache's one-off build
   time is reported separately.
 
-Every component (student, Φ, teacher, loss, optimizer, datalist, train preprocessing, DataLoader, feature
-cache, and the ``RDTrainer`` itself) is built from the bundle's ``train.json`` with ``monai.bundle.ConfigParser``,
-so the benchmark measures what users get; only the trainer's handlers (validation, checkpointing, logging,
-plots, the LR/α/β schedules) are dropped, as they are not part of a training step. Modes are interleaved
-(the live teacher's epochs first, then a c, c a, ...) after a warm-up round, and the median epoch of each mode is reported, so drift
-on a shared machine affects all modes alike.
+Each mode is the bundle's own training workflow (``monai.bundle.ConfigWorkflow`` on its ``train.json``):
+``initialize`` runs as in a bundle run (options, seed, data check, run folder, the method's ``prepare``: the
+teacher and the feature cache), then ``train#trainer`` is the method's trainer (``DistillationTrainer`` for the
+student alone, ``RDTrainer`` or ``DenseRDTrainer`` for RD), built with everything it holds: student, Φ, teacher,
+loss and its α/β schedule, optimizer, datalist, train preprocessing, DataLoader and feature cache. So the benchmark
+measures what users get; only the trainer's handlers (validation, checkpointing, logging, plots, the LR schedule)
+and the teacher-branch validation cache are dropped, as they are not part of a training step. Modes are
+interleaved (the live teacher's epochs first, then a c, c a, ...) after a warm-up round, and the median epoch of
+each mode is reported, so drift on a shared machine affects all modes alike.
 
 The same holds for any RD bundle, 2D or 3D, classification (``RDTrainer``) or segmentation (``DenseRDTrainer``):
-the modes only set ``distill`` and ``cache_teacher``, and forward hooks count the teacher's and Φ's calls in the
+the modes only set ``method`` and ``cache_teacher``, and forward hooks count the teacher's and Φ's calls in the
 timed epochs, so the run stops (:func:`check_modes`) if a mode did not run what it is named for.
 
 Then the deployed student (eager and TorchScript) and the teacher are timed at batch 1 and 32 on random inputs of
@@ -42,9 +45,10 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -54,15 +58,27 @@ DEFAULT_CONFIG = os.path.join(REPO, "bundles", "rd_demo", "configs", "train.json
 if REPO not in sys.path:  # run from a checkout without `pip install -e .`: the bundle imports monai_rd
     sys.path.insert(1, REPO)
 
+from monai_rd.data import TeacherFeatureCache  # noqa: E402
+
 # mode name -> bundle overrides that select it
 MODES: dict[str, dict[str, Any]] = {
-    "student_alone": {"distill": False},
-    "rd_live": {"distill": True, "cache_teacher": False},
-    "rd_cached": {"distill": True, "cache_teacher": True},
+    "student_alone": {"method": "student"},
+    "rd_live": {"method": "rd", "cache_teacher": False},
+    "rd_cached": {"method": "rd", "cache_teacher": True},
 }
 MODE_LABELS = {"student_alone": "(a) student alone", "rd_live": "(b) RD, live teacher", "rd_cached": "(c) RD, cached"}
 
-__all__ = ["main", "parse_args", "MODES", "EXPECTED_FORWARDS", "check_modes", "latency_image_shape"]
+__all__ = [
+    "main",
+    "parse_args",
+    "MODES",
+    "EXPECTED_FORWARDS",
+    "ModeRun",
+    "TimedFeatureCache",
+    "check_modes",
+    "latency_image_shape",
+    "make_workflow",
+]
 
 
 # --------------------------------------------------------------------------------------------- arguments
@@ -95,9 +111,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="timed epochs of (b), the live teacher (default 1: it is several times slower and only has to be\n"
         "shown slower than (c); they run on their own before the a/c rounds)",
     )
-    ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds, every mode once per round (default 1)")
+    ap.add_argument(
+        "--warmup", type=int, default=1, help="untimed warm-up rounds, every mode once per round (default 1)"
+    )
     ap.add_argument("--warmup_iters", type=int, default=3, help="iterations of a warm-up epoch (default 3; 0 = full)")
-    ap.add_argument("--max_iters", type=int, default=None, help="cap on iterations per timed epoch (default: full epoch)")
+    ap.add_argument(
+        "--max_iters", type=int, default=None, help="cap on iterations per timed epoch (default: full epoch)"
+    )
     ap.add_argument(
         "--latency_batches", default="1,32", help="comma-separated batch sizes of the latency benchmark (default 1,32)"
     )
@@ -313,38 +333,94 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_parser(config_file: str, overrides: dict[str, Any], mode: dict[str, Any], device: torch.device):
-    """The bundle's config with the device, the mode and the user's overrides applied."""
-    from monai.bundle import ConfigParser
+def _first(*values: Any) -> Any:
+    """The first of ``values`` that is not None (None if all are)."""
+    return next((v for v in values if v is not None), None)
 
-    parser = ConfigParser()
-    parser.read_config(config_file)
-    parser["bundle_root"] = os.path.dirname(os.path.dirname(os.path.abspath(config_file)))
-    parser["device"] = f"$torch.device({str(device)!r})"
+
+def make_workflow(
+    config_file: str, overrides: Mapping[str, Any], mode: Mapping[str, Any], device: torch.device, run_dir: str
+):
+    """The bundle's training workflow for one mode (not initialised yet), set up for timing training steps.
+
+    Applied in this order over the bundle's ``train.json``: the device (and ``amp`` off unless it is CUDA: the
+    bundle's ``amp`` is "CUDA available"), the user's overrides, the mode's. Then what is not part of a training
+    step is dropped: the trainer's handlers (validation, checkpointing, logging, plots, the LR schedule) and the
+    validation split's teacher-feature cache (``teacher_branch_metrics``, read by validation only); and the
+    bundle's ``feature_cache`` factory makes a :class:`TimedFeatureCache`, so the cache's one-off build is timed.
+
+    Args:
+        config_file: the bundle's ``train.json``.
+        overrides: the user's ``--override`` values (bundle keys, e.g. ``image_size``).
+        mode: the mode's overrides (:data:`MODES`).
+        device: the device to train on.
+        run_dir: a scratch folder for the run's ``ckpt_dir`` and ``output_dir`` (the bundle's ``initialize``
+            checks the run folder and writes the model's spec there).
+
+    Returns:
+        A ``monai.bundle.ConfigWorkflow``; :class:`ModeRun` initialises it.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    settings: dict[str, Any] = {
+        "bundle_root": os.path.dirname(os.path.dirname(os.path.abspath(config_file))),
+        "ckpt_dir": os.path.join(run_dir, "models"),
+        "output_dir": os.path.join(run_dir, "eval"),
+        "device": f"$torch.device({str(device)!r})",
+    }
     if device.type != "cuda":
-        parser["amp"] = False  # the bundle's amp is "CUDA available"; autocast is CUDA-only in RDTrainer
-    for key, value in overrides.items():
-        parser[key] = value
-    for key, value in mode.items():
-        parser[key] = value
-    # not part of a training step: validation, checkpointing, logging, plots and the LR/alpha/beta schedules
-    parser["train#handlers"] = []
-    if "train#dataset#progress" not in parser:
-        parser["train#dataset#progress"] = False
-    return parser
+        settings["amp"] = False  # autocast is CUDA-only in the trainers
+    settings.update(overrides)
+    settings.update(mode)
+    settings["train#handlers"] = []
+    workflow = ConfigWorkflow(config_file=config_file, workflow_type="train", **settings)
+    workflow.parser["feature_cache#_target_"] = TimedFeatureCache
+    if "teacher_branch_metrics" in workflow.parser:
+        workflow.parser["teacher_branch_metrics"] = False
+    if "train#dataset#progress" not in workflow.parser:
+        workflow.parser["train#dataset#progress"] = False
+    return workflow
+
+
+class TimedFeatureCache(TeacherFeatureCache):
+    """The bundle's :class:`~monai_rd.data.TeacherFeatureCache`, unchanged but for a clock around :meth:`build`.
+
+    :func:`make_workflow` puts it in the bundle's ``feature_cache`` factory, so the cache the method's ``prepare``
+    builds reports its one-off build time apart from the training epochs.
+
+    Attributes:
+        build_seconds: wall time of every :meth:`build` so far (CUDA synchronised before and after).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.build_seconds = 0.0
+
+    def build(self, data: Sequence[Mapping]) -> TimedFeatureCache:  # noqa: D102 (TeacherFeatureCache's)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        try:
+            return super().build(data)
+        finally:
+            _sync(self.device)
+            self.build_seconds += time.perf_counter() - t0
 
 
 class ModeRun:
-    """One mode's trainer built from the bundle, run one epoch at a time.
+    """One mode's trainer built by the bundle's own workflow, run one epoch at a time.
 
-    Forward hooks count the calls of the trainer's teacher and Φ during the timed epochs, so the result shows what
-    each mode actually ran (:func:`check_modes`): a mode whose bundle overrides did not take effect (e.g. a recipe
-    in which ``distill=false`` still builds the teacher into the trainer) would otherwise be timed under the
-    wrong name.
+    ``workflow.initialize()`` runs the bundle's ``initialize`` as a bundle run does (the method's ``prepare``
+    builds the teacher and the feature cache), then ``train#trainer`` is built: the method's trainer with the
+    student (``network``), the method's parts and the training loader.
+
+    Forward hooks count the calls of the teacher and Φ during the timed epochs, so the result shows what each mode
+    actually ran (:func:`check_modes`): a mode whose bundle overrides did not take effect (e.g. a recipe in which
+    ``method=student`` still builds the teacher, or ``cache_teacher=true`` still runs it on every batch) would
+    otherwise be timed under the wrong name.
 
     Args:
         name: the mode's key in :data:`MODES`.
-        parser: the bundle's config for this mode (:func:`make_parser`).
+        workflow: the bundle's workflow for this mode (:func:`make_workflow`), not initialised yet.
         device: the device it trains on.
         max_iters: cap on iterations per timed epoch (None: the full DataLoader).
 
@@ -352,11 +428,22 @@ class ModeRun:
         ValueError: the training DataLoader is empty.
     """
 
-    def __init__(self, name: str, parser, device: torch.device, max_iters: int | None) -> None:
+    def __init__(self, name: str, workflow, device: torch.device, max_iters: int | None) -> None:
         self.name = name
-        self.parser = parser
+        self.workflow = workflow
+        self.parser = workflow.parser
         self.device = device
-        self.trainer = parser.get_parsed_content("train#trainer")
+        workflow.initialize()
+        self.options = self.parser.get_parsed_content("options")
+        self.method = self.parser.get_parsed_content("method_def")
+        self.trainer = self.parser.get_parsed_content("train#trainer")
+        # what the mode built, from the method and its trainer alike (a teacher either holds counts)
+        held = {
+            "teacher": (self.trainer.features.teacher, self.method.teacher),
+            "reprogrammer": (getattr(self.trainer, "reprogrammer", None), getattr(self.method, "reprogrammer", None)),
+        }
+        self.teacher, self.reprogrammer = _first(*held["teacher"]), _first(*held["reprogrammer"])
+        self.feature_cache = _first(self.trainer.features.feature_cache, self.method.cache)
         n = len(self.trainer.data_loader)
         self.iters = min(n, max_iters) if max_iters else n
         if self.iters < 1:
@@ -367,10 +454,14 @@ class ModeRun:
         self.timed_calls = {"teacher": 0, "reprogrammer": 0}
         self.timed_iters = 0
         self._hooks = []
-        for role in self._calls:
-            module = getattr(self.trainer, role, None)
-            if module is not None:
+        for role, modules in held.items():
+            for module in {id(m): m for m in modules if m is not None}.values():  # each module once
                 self._hooks.append(module.register_forward_hook(self._counter(role)))
+
+    @property
+    def cache_build_seconds(self) -> float | None:
+        """Seconds the method's ``prepare`` took to build the training feature cache (None: the mode has none)."""
+        return getattr(self.method.cache, "build_seconds", None)
 
     def _counter(self, role: str) -> Callable[..., None]:
         def count(*_: Any) -> None:
@@ -385,13 +476,17 @@ class ModeRun:
         self._hooks = []
 
     def components(self) -> dict[str, Any]:
-        """What this mode's trainer holds and what it ran per timed iteration (see :func:`check_modes`)."""
+        """What this mode built and what it ran per timed iteration (see :func:`check_modes`).
+
+        ``has_teacher``, ``has_reprogrammer`` and ``has_feature_cache`` are true when the method or its trainer
+        holds one.
+        """
         per_iter = {k: v / self.timed_iters if self.timed_iters else None for k, v in self.timed_calls.items()}
         return {
             "trainer": type(self.trainer).__name__,
-            "has_teacher": self.trainer.teacher is not None,
-            "has_reprogrammer": self.trainer.reprogrammer is not None,
-            "has_feature_cache": self.trainer.feature_cache is not None,
+            "has_teacher": self.teacher is not None,
+            "has_reprogrammer": self.reprogrammer is not None,
+            "has_feature_cache": self.feature_cache is not None,
             "timed_iterations": self.timed_iters,
             "teacher_forwards": self.timed_calls["teacher"],
             "reprogrammer_forwards": self.timed_calls["reprogrammer"],
@@ -430,8 +525,9 @@ EXPECTED_FORWARDS: dict[str, tuple[int, int]] = {"student_alone": (0, 0), "rd_li
 def check_modes(runs: dict[str, ModeRun]) -> dict[str, dict[str, Any]]:
     """Check that every mode ran what its name says, from the calls counted during its timed epochs.
 
-    (a) the student alone: no teacher and no Φ in the trainer, neither called; (b) RD live: the teacher and Φ once
-    per iteration; (c) RD cached: Φ once per iteration, the teacher never (its features come from the cache).
+    (a) the student alone: no teacher, no Φ and no feature cache built (by the method or its trainer), neither
+    called; (b) RD live: the teacher and Φ once per iteration, no feature cache; (c) RD cached: Φ once per iteration,
+    the teacher never (its features come from the cache).
 
     Args:
         runs: the modes after their timed epochs.
@@ -452,8 +548,9 @@ def check_modes(runs: dict[str, ModeRun]) -> dict[str, dict[str, Any]]:
         if got != want:
             problems.append(f"{name}: {got[0]} teacher and {got[1]} Φ forwards in {c['timed_iterations']} timed "
                             f"iterations, expected {want[0]} and {want[1]}")
-    if report["student_alone"]["has_teacher"] or report["student_alone"]["has_reprogrammer"]:
-        problems.append("student_alone: the trainer holds a teacher or Φ with distill=false")
+    alone = report["student_alone"]
+    if alone["has_teacher"] or alone["has_reprogrammer"] or alone["has_feature_cache"]:
+        problems.append(f"student_alone: the mode built a teacher, Φ or feature cache with {MODES['student_alone']}")
     if report["rd_live"]["has_feature_cache"] or not report["rd_cached"]["has_feature_cache"]:
         problems.append("rd_live must train without the feature cache (cache_teacher=false) and rd_cached with it")
     if problems:
@@ -461,7 +558,8 @@ def check_modes(runs: dict[str, ModeRun]) -> dict[str, dict[str, Any]]:
         raise RuntimeError(
             "the benchmark's modes did not run what they are named for: " + "; ".join(problems)
             + f". The modes set these bundle keys: {overrides}; check that the bundle's train.json reads them "
-            "(distill disables the teacher and Φ, cache_teacher selects train#use_cache)."
+            "(method selects the training method, whose trainer and prepare build the teacher, Φ and the cache; "
+            "cache_teacher selects the feature cache)."
         )
     return report
 
@@ -520,7 +618,7 @@ def latency_image_shape(dataset) -> tuple[int, ...]:
 
 
 def inference_benchmark(
-    parser,
+    run: ModeRun,
     device: torch.device,
     batches: Sequence[int],
     repeats: int,
@@ -534,7 +632,7 @@ def inference_benchmark(
     The teacher is called on the same batch (it resizes to its own input size), as the live RD trainer calls it.
 
     Args:
-        parser: the rd_cached mode's config (teacher, Φ and the student all built).
+        run: the rd_cached mode after its epochs (its trainer holds the student, Φ and the teacher).
         device: where to run.
         batches: batch sizes to time.
         repeats: timed calls per measurement (median reported).
@@ -544,10 +642,10 @@ def inference_benchmark(
     Returns:
         ``(inference, params)`` dicts for the result JSON.
     """
-    network = parser.get_parsed_content("network").eval()
-    teacher = parser.get_parsed_content("teacher").to(device).eval()
-    phi = parser.get_parsed_content("reprogrammer").eval()
-    inferer = parser.get_parsed_content("inferer") if "inferer" in parser else None
+    network = run.trainer.network.eval()
+    teacher = run.teacher.to(device).eval()
+    phi = run.reprogrammer.eval()
+    inferer = run.parser.get_parsed_content("inferer") if "inferer" in run.parser else None
     shape = tuple(int(d) for d in image_shape)
 
     scripted = torch.jit.script(network)
@@ -559,15 +657,16 @@ def inference_benchmark(
     max_diff = float((ref - got).abs().max())
     matches = bool(torch.allclose(ref, got, rtol=1e-4, atol=1e-5))
 
-    def deployed(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-        return (lambda: inferer(x, model)) if inferer is not None else (lambda: model(x))
+    def deployed(model: torch.nn.Module, x: torch.Tensor, direct: bool = False) -> Callable[[], Any]:
+        """``model`` on ``x`` through the bundle's inferer (when it has one and not ``direct``)."""
+        return (lambda: model(x)) if direct or inferer is None else (lambda: inferer(x, model))
 
     latency: dict[str, dict[str, float]] = {"student_eager": {}, "student_torchscript": {}, "teacher": {}}
     for batch in batches:
         x = torch.rand(batch, *shape, device=device)
         latency["student_eager"][str(batch)] = _latency_ms(deployed(network, x), device, repeats, budget_s)
         latency["student_torchscript"][str(batch)] = _latency_ms(deployed(scripted, x), device, repeats, budget_s)
-        latency["teacher"][str(batch)] = _latency_ms(lambda: teacher(x), device, repeats, budget_s)
+        latency["teacher"][str(batch)] = _latency_ms(deployed(teacher, x, direct=True), device, repeats, budget_s)
     latency["teacher_over_student"] = {
         b: latency["teacher"][b] / latency["student_eager"][b] for b in latency["student_eager"]
     }
@@ -600,43 +699,64 @@ def inference_benchmark(
 # ------------------------------------------------------------------------------------------------ report
 
 
-def _config_summary(parser, config_file: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def public_name(cls: type) -> str:
+    """``cls``'s dotted name as the nearest package exporting it spells it (``monai_rd.engines.RDTrainer``, not
+    ``monai_rd.engines.rd_trainer.RDTrainer``); its module's name when no package exports it."""
+    parts = cls.__module__.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        package = sys.modules.get(".".join(parts[:end]))
+        if package is not None and getattr(package, cls.__name__, None) is cls:
+            return f"{package.__name__}.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _config_summary(run: ModeRun, config_file: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What the rd_cached mode trained with: the options as checked (``@options``), the components' configs, Φ."""
+    parser, options, phi = run.parser, run.options, run.reprogrammer
+
     def get(key: str) -> Any:
         return parser.get(key) if key in parser else None
 
-    phi = parser.get_parsed_content("reprogrammer")
+    def option(name: str) -> Any:
+        value = getattr(options, name, None)  # None: the recipe has no such option (image_size in segmentation)
+        return list(value) if isinstance(value, tuple) else value
+
     width = None
     proj = getattr(phi, "proj", None)
     if proj is not None and len(proj) and hasattr(proj[0], "out_channels"):
         width = int(proj[0].out_channels)
-    train_cfg = parser.get("train#trainer")
     return {
         "config_file": os.path.relpath(os.path.abspath(config_file), REPO),
         "overrides": overrides,
-        "student": get("student"),
-        "spatial_dims": get("spatial_dims"),
-        "image_size": get("image_size"),
-        "roi_size": get("roi_size"),
-        "batch_size": get("batch_size"),
-        "num_workers": get("num_workers"),
-        "amp": bool(parser.get_parsed_content("amp")),
-        "grad_clip_norm": get("grad_clip_norm"),
+        "student": option("student"),
+        "spatial_dims": option("spatial_dims"),
+        "image_size": option("image_size"),
+        "roi_size": option("roi_size"),
+        "batch_size": option("batch_size"),
+        "num_workers": option("num_workers"),
+        "amp": bool(options.amp),
+        "grad_clip_norm": option("grad_clip_norm"),
         "teacher": get("teacher"),
-        "teacher_input_size": list(getattr(parser.get_parsed_content("teacher"), "input_size", None) or []),
+        "teacher_input_size": list(getattr(run.teacher, "input_size", None) or []),
         "network_def": get("network_def"),
-        "reprogrammer_def": get("reprogrammer_def"),
+        # Φ has no config entry of its own: the method builds it from the options, right after the student
+        "reprogrammer_def": {
+            "_target_": public_name(type(phi)),
+            "built_by": f"{public_name(type(run.method))}.build_reprogrammer",
+            "dense": bool(getattr(phi, "dense", False)),
+        },
         "reprogrammer_resolved": {
-            "phi_blocks": get("phi_blocks"),
-            "phi_block": get("phi_block"),
-            "phi_hidden": get("phi_hidden"),
+            "phi_blocks": option("phi_blocks"),
+            "phi_block": option("phi_block"),
+            "phi_hidden": option("phi_hidden"),
             "width": width,
             "in_channels": int(phi.in_channels),
             "out_features": int(phi.out_features),
         },
         "optimizer": get("optimizer#_target_"),
-        "cache_views": get("cache_views"),
-        "cache_dtype": get("cache_dtype"),
-        "trainer": train_cfg.get("_target_") if isinstance(train_cfg, dict) else None,
+        "cache_views": option("cache_views"),
+        "cache_dtype": str(options.cache_dtype),
+        "trainer": public_name(type(run.trainer)),
         "inferer": get("inferer#_target_"),
     }
 
@@ -710,46 +830,79 @@ def _fmt_table(result: dict[str, Any]) -> str:
 # -------------------------------------------------------------------------------------------------- main
 
 
+def build_modes(
+    config_file: str,
+    overrides: Mapping[str, Any],
+    names: Sequence[str],
+    device: torch.device,
+    max_iters: int | None,
+    scratch: str,
+) -> dict[str, ModeRun]:
+    """Build the modes ``names`` (keys of :data:`MODES`) in order, each with the bundle's own workflow.
+
+    Args:
+        config_file: the bundle's ``train.json``.
+        overrides: the user's overrides of bundle keys.
+        names: the modes to build.
+        device: the device to train on.
+        max_iters: cap on iterations per timed epoch (None: full epochs).
+        scratch: a folder for the modes' run folders (``<scratch>/<mode>``).
+
+    Returns:
+        ``{mode: ModeRun}``.
+
+    Raises:
+        RuntimeError: the modes differ in iterations per epoch or batch size (they would not time the same work).
+    """
+    runs: dict[str, ModeRun] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        workflow = make_workflow(config_file, overrides, MODES[name], device, os.path.join(scratch, name))
+        runs[name] = ModeRun(name, workflow, device, max_iters)
+        build = runs[name].cache_build_seconds
+        extra = f", of which the feature cache's build {build:.1f} s" if build is not None else ""
+        print(f"[bench] built {name} with the bundle's workflow in {time.perf_counter() - t0:.1f} s{extra}", flush=True)
+    iters = {r.iters for r in runs.values()}
+    batch_sizes = {r.options.batch_size for r in runs.values()}
+    if len(iters) != 1 or len(batch_sizes) != 1:
+        raise RuntimeError(
+            f"modes differ in iterations {iters} or batch size {batch_sizes}; they must match (a datalist with "
+            "unlabelled images adds them to RD's epochs only: --override unlabelled=false)."
+        )
+    return runs
+
+
+def cache_summary(run: ModeRun) -> dict[str, Any]:
+    """The training feature cache the mode's method built: its one-off build time, items, views, dtype and size."""
+    cache = run.method.cache
+    return {
+        "build_seconds": run.cache_build_seconds,
+        "items": len(cache.features),
+        "views": cache.views,
+        "dtype": str(cache.dtype),
+        "nbytes": int(cache.nbytes),
+        "mb": cache.nbytes / 2**20,
+        "note": "one-off: computed once before training (and reusable across runs with cache_dir)",
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the result dict (and writes it with ``--json``)."""
-    from monai.utils import set_determinism
-
     args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench_speed_") as scratch:
+        result = _measure(args, argv, scratch)
+    if args.json:
+        write_result(result, args.json)
+    return result
+
+
+def _measure(args: argparse.Namespace, argv: Sequence[str] | None, scratch: str) -> dict[str, Any]:
     t_start = time.perf_counter()
     device = start_device(args)
     machine = machine_info(device)
     psi_start = cpu_pressure()
 
-    runs: dict[str, ModeRun] = {}
-    cache_info: dict[str, Any] = {}
-    for name, mode in MODES.items():
-        parser = make_parser(args.config_file, args.overrides, mode, device)
-        seed = parser.get_parsed_content("seed") if "seed" in parser else 0
-        set_determinism(seed=seed)  # as the bundle's `initialize` does
-        if name == "rd_cached":
-            cache = parser.get_parsed_content("feature_cache")
-            train_items = parser.get_parsed_content("datalist")["training"]
-            _sync(device)
-            t0 = time.perf_counter()
-            cache.build(train_items)
-            _sync(device)
-            cache_info = {
-                "build_seconds": time.perf_counter() - t0,
-                "items": len(cache.features),
-                "views": cache.views,
-                "dtype": str(cache.dtype),
-                "nbytes": int(cache.nbytes),
-                "mb": cache.nbytes / 2**20,
-                "note": "one-off: computed once before training (and reusable across runs with cache_dir)",
-            }
-        t0 = time.perf_counter()
-        runs[name] = ModeRun(name, parser, device, args.max_iters)
-        extra = f", cache build {cache_info['build_seconds']:.1f} s" if name == "rd_cached" else ""
-        print(f"[bench] built {name} from the bundle in {time.perf_counter() - t0:.1f} s{extra}", flush=True)
-    iters = {r.iters for r in runs.values()}
-    batch_sizes = {int(r.parser.get_parsed_content("batch_size")) for r in runs.values()}
-    if len(iters) != 1 or len(batch_sizes) != 1:
-        raise RuntimeError(f"modes differ in iterations {iters} or batch size {batch_sizes}; they must match.")
+    runs = build_modes(args.config_file, args.overrides, list(MODES), device, args.max_iters, scratch)
 
     memory = PeakMemory(device)
     order: list[str] = []
@@ -774,11 +927,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     mode_check = check_modes(runs)
     for run in runs.values():
         run.remove_hooks()
+    cache_info = cache_summary(runs["rd_cached"])
 
     sec = {name: statistics.median(r.seconds) for name, r in runs.items()}
-    parser_c = runs["rd_cached"].parser
     inference, params = inference_benchmark(
-        parser_c,
+        runs["rd_cached"],
         device,
         args.latency_batches,
         args.latency_repeats,
@@ -796,7 +949,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     result: dict[str, Any] = {
         **result_header("bench_speed.py", argv, machine),
-        "config": _config_summary(parser_c, args.config_file, args.overrides),
+        "config": _config_summary(runs["rd_cached"], args.config_file, args.overrides),
         "modes": {
             name: {"label": MODE_LABELS[name], "bundle_overrides": MODES[name], "ran": mode_check[name]}
             for name in MODES
@@ -805,8 +958,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "warmup_epochs": args.warmup,
             "warmup_iters": args.warmup_iters,
             "timed_epochs": {name: len(r.seconds) for name, r in runs.items()},
-            "iters_per_epoch": iters.pop(),
-            "batch_size": batch_sizes.pop(),
+            "iters_per_epoch": runs["rd_cached"].iters,  # the same in every mode (build_modes)
+            "batch_size": runs["rd_cached"].options.batch_size,
             "max_iters": args.max_iters,
             "timed_order": order,
             "epoch_seconds": {name: r.seconds for name, r in runs.items()},
@@ -830,8 +983,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print()
     print(_fmt_table(result))
     print(f"\ntotal {result['total_seconds']:.0f} s")
-    if args.json:
-        write_result(result, args.json)
     return result
 
 

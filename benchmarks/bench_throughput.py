@@ -6,7 +6,7 @@ images as BUSI's training split (the demo's 584 by default; ``--train_images`` t
 e.g. on a CPU). In one process, on the same data, batch size and DataLoader, this reports training images per
 second of:
 
-* ``student_alone``: the bundle with ``distill=false`` (CE only);
+* ``student_alone``: the bundle with ``method=student`` (CE only);
 * ``rd_cached``: RD with the teacher-feature cache (the default);
 * ``rd_live``: RD with the teacher run on every batch;
 * ``student_compute_bound``: the student-alone training step on batches already on the device (no loader,
@@ -15,13 +15,15 @@ second of:
 
 and the ratios ``rd_cached / student_alone`` (what distillation with the cache costs: 1.0 = free) and
 ``student_alone / student_compute_bound`` (the share of the step's own speed the loader lets through: 1.0 = the
-loader keeps up), all as images/s ratios within this run. Components are built from the bundle with
-``benchmarks/bench_speed.py``'s parser and per-mode runner (handlers dropped), and the timed epochs of the modes
-are interleaved after a warm-up round; each figure is the median over its timed epochs.
+loader keeps up), all as images/s ratios within this run. Each mode is the bundle's own training workflow, built
+by ``benchmarks/bench_speed.py``'s :func:`~bench_speed.build_modes` (handlers dropped; the cache build timed as the
+method's ``prepare`` runs it), and the timed epochs of the modes are interleaved after a warm-up round; each figure
+is the median over its timed epochs. As in ``bench_speed.py``, the teacher's and Φ's calls are counted in the timed
+epochs and the run stops if a mode did not run what it is named for.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench_throughput.py --device cuda                        # writes benchmarks/results/throughput-<gpu>.json
+    python benchmarks/bench_throughput.py --device cuda       # writes benchmarks/results/throughput-<gpu>.json
     OMP_NUM_THREADS=1 python benchmarks/bench_throughput.py --train_images 48 --batch_size 16 --threads 1
 """
 
@@ -43,7 +45,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
-import bench_speed  # noqa: E402  (the bundle parser, the per-mode runner and the machine description)
+import bench_speed  # noqa: E402  (the bundle's workflow per mode, the per-mode runner and the machine description)
 
 REPO = bench_speed.REPO
 THROUGHPUT_MODES = ("student_alone", "rd_cached", "rd_live")
@@ -106,7 +108,7 @@ def _subset_datalist(config_file: str, n_train: int | None, folder: str) -> tupl
 
 
 def _time_epoch(trainer, data, iters: int, device: torch.device) -> float:
-    """Seconds of one fresh epoch of ``iters`` iterations over ``data``."""
+    """Seconds of one fresh epoch of ``iters`` iterations over ``data`` (the compute-bound mode's batches)."""
     from ignite.engine import Engine
 
     bench_speed._sync(device)
@@ -129,8 +131,6 @@ def _on_device(trainer, iters: int, device: torch.device) -> list[dict]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the result dict and writes it as JSON."""
-    from monai.utils import set_determinism
-
     args = parse_args(argv)
     t_start = time.perf_counter()
     device = bench_speed.start_device(args)
@@ -146,22 +146,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             overrides["num_workers"] = args.num_workers
         if args.train_images is not None:
             overrides["datalist_json"] = datalist
-        runs: dict[str, bench_speed.ModeRun] = {}
-        build: dict[str, Any] = {}
-        for mode in THROUGHPUT_MODES:
-            parser = bench_speed.make_parser(args.config_file, overrides, bench_speed.MODES[mode], device)
-            set_determinism(seed=parser.get_parsed_content("seed") if "seed" in parser else 0)
-            if mode == "rd_cached":
-                cache = parser.get_parsed_content("feature_cache")
-                items = parser.get_parsed_content("datalist")["training"]
-                bench_speed._sync(device)
-                t0 = time.perf_counter()
-                cache.build(items)
-                bench_speed._sync(device)
-                seconds = time.perf_counter() - t0
-                build = {"images": len(items), "seconds": seconds, "images_per_second": len(items) / seconds}
-            runs[mode] = bench_speed.ModeRun(mode, parser, device, args.max_iters)
-            print(f"[throughput] built {mode}", flush=True)
+        runs = bench_speed.build_modes(args.config_file, overrides, THROUGHPUT_MODES, device, args.max_iters, tmp)
+        cache = bench_speed.cache_summary(runs["rd_cached"])
+        build = {
+            "images": cache["items"],
+            "seconds": cache["build_seconds"],
+            "images_per_second": cache["items"] / cache["build_seconds"],
+        }
         iters = runs["student_alone"].iters
         student = runs["student_alone"].trainer
         on_device = _on_device(student, iters, device)
@@ -169,19 +160,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         seconds: dict[str, list[float]] = {m: [] for m in (*THROUGHPUT_MODES, COMPUTE)}
         order = [*THROUGHPUT_MODES, COMPUTE]
 
-        def epoch(mode: str, n: int) -> float:
+        def epoch(mode: str, n: int, timed: bool) -> float:
             if mode == COMPUTE:
                 return _time_epoch(student, on_device, n, device)
-            return _time_epoch(runs[mode].trainer, runs[mode].trainer.data_loader, n, device)
+            return runs[mode].run_epoch(iters=n, timed=timed)[0]  # counts the teacher's and Phi's calls when timed
 
         if args.warmup_iters:
             for mode in order:
-                epoch(mode, min(args.warmup_iters, iters))
+                epoch(mode, min(args.warmup_iters, iters), timed=False)
         for rnd in range(args.epochs):  # a rotating order, so drift on a shared machine hits every mode alike
             for mode in order[rnd % len(order):] + order[: rnd % len(order)]:
-                dt = epoch(mode, iters)
+                dt = epoch(mode, iters, timed=True)
                 seconds[mode].append(dt)
                 print(f"[throughput] {mode:<22} {dt:8.2f} s", flush=True)
+        bench_speed.check_modes(runs)  # stops if a mode did not run what it is named for
 
     per_epoch = iters * args.batch_size
     ips = {mode: per_epoch / statistics.median(s) for mode, s in seconds.items()}
@@ -196,9 +188,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "batch_size": args.batch_size,
             "iters_per_epoch": iters,
             "images_per_epoch": per_epoch,
-            "student": runs["student_alone"].parser.get("student"),
-            "teacher": runs["rd_cached"].parser.get("teacher_name"),
-            "num_workers": runs["student_alone"].parser.get_parsed_content("num_workers"),
+            "student": runs["student_alone"].options.student,
+            "teacher": runs["rd_cached"].options.teacher_name,
+            "num_workers": runs["student_alone"].options.num_workers,
         },
         "images_per_second": ips,
         "epoch_seconds": seconds,
@@ -209,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "student_alone_over_compute_bound": ips["student_alone"] / ips[COMPUTE],
         },
         "ratio_definitions": "images/s over images/s, medians of this run's timed epochs (1.0 = as fast)",
-        "statistic": f"median of {args.epochs} timed epoch(s) per mode after a warm-up of {args.warmup_iters} iteration(s)",
+        "statistic": (
+            f"median of {args.epochs} timed epoch(s) per mode after a warm-up of {args.warmup_iters} iteration(s)"
+        ),
     }
     # a shared machine only adds time: a large spread between a mode's epochs flags a ratio to distrust
     result["relative_spread"] = {m: (max(s) - min(s)) / statistics.median(s) for m, s in seconds.items()}

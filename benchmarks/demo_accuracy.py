@@ -16,16 +16,15 @@ import platform
 import statistics
 import time
 
-import torch
-
 import monai.bundle
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "bundles", "rd_demo", "configs")
 
 # name -> overrides of train.json
 VARIANTS: dict[str, dict] = {
-    "student alone": {"distill": False},
+    "student alone": {"method": "student"},
     "RD (default: lean Φ, cached teacher)": {},
     "RD, paper Φ (basic blocks at 512)": {"phi_block": "basic", "phi_hidden": None},
     "RD, live teacher": {"cache_teacher": False},
@@ -46,7 +45,8 @@ def run_variant(name: str, overrides: dict, seed: int, work_dir: str) -> dict:
     t0 = time.perf_counter()
     monai.bundle.run(config_file=os.path.join(CONFIGS, "train.json"), **common)
     train_s = time.perf_counter() - t0
-    monai.bundle.run(config_file=[os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json")], **common)
+    evaluate = [os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json")]
+    monai.bundle.run(config_file=evaluate, **common)
     test = json.load(open(os.path.join(common["output_dir"], "test_metrics.json")))
     val = json.load(open(os.path.join(common["output_dir"], "val_metrics.json")))
     return {

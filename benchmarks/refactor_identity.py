@@ -8,9 +8,10 @@ two JSON files (``--compare OLD.json``)::
     python benchmarks/refactor_identity.py --json new.json --compare /tmp/old.json   # in the new tree
 
 Each run is ``python -m monai.bundle run --config_file bundles/rd_demo/configs/train.json --method <m>
---epochs <n> --seed 0`` into a scratch folder, on the CPU (``CUDA_VISIBLE_DEVICES=''``). The digest is the SHA-256
-of every tensor of the saved state dict (names, dtypes, shapes and bytes, in key order), so it does not depend
-on how ``torch.save`` lays the file out.
+--epochs <n> --seed 0`` into a scratch folder, on the CPU (``CUDA_VISIBLE_DEVICES=''``), plus the bundle options
+given with ``--set key=value ...`` (e.g. ``--set num_workers=0 batch_size=16``). The digest is the SHA-256 of every
+tensor of the saved state dict (names, dtypes, shapes and bytes, in key order), so it does not depend on how
+``torch.save`` lays the file out.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ import tempfile
 import time
 
 import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(1, REPO)
+
+from monai_rd.compare.grid import parse_overrides  # noqa: E402
 
 DEFAULT_METHODS = ("rd", "student", "kd")
 
@@ -75,12 +82,15 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--json", required=True, help="where to write the digests")
     parser.add_argument("--compare", help="a JSON written by this script at another commit: exit 1 on any difference")
-    parser.add_argument("--set", nargs="*", default=[], help="extra overrides, e.g. --set --num_workers 0")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="other bundle options, e.g. --set num_workers=0"
+    )
     args = parser.parse_args(argv)
+    extra = [arg for key, value in parse_overrides(args.set).items() for arg in (f"--{key}", value)]
     rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     out = {"commit": rev, "torch": torch.__version__, "epochs": args.epochs, "runs": {}}
     for m in args.methods:
-        out["runs"][m] = run_method(m, args.epochs, args.set)
+        out["runs"][m] = run_method(m, args.epochs, extra)
         print(m, out["runs"][m]["model_digest"], f"{out['runs'][m]['seconds']} s", flush=True)
     if args.compare:
         old = json.load(open(args.compare))

@@ -64,6 +64,7 @@ def test_json_has_every_key(result):
         assert res["machine"][key], key
     assert res["config"]["image_size"] == 32 and res["config"]["batch_size"] == 4
     assert res["config"]["reprogrammer_def"]["_target_"] == "monai_rd.networks.ReprogrammingNet"
+    assert res["config"]["trainer"] == "monai_rd.engines.RDTrainer"
 
 
 def test_times_and_ratios(result):
@@ -80,7 +81,8 @@ def test_times_and_ratios(result):
     assert res["ratio_live"] == pytest.approx(sec["rd_live"] / sec["student_alone"])
     assert res["ratio_cached"] == pytest.approx(sec["rd_cached"] / sec["student_alone"])
     rb = res["robustness"]
-    assert rb["ratio_cached_min"] == pytest.approx(min(t["epoch_seconds"]["rd_cached"]) / min(t["epoch_seconds"]["student_alone"]))
+    fastest = {mode: min(t["epoch_seconds"][mode]) for mode in MODES}
+    assert rb["ratio_cached_min"] == pytest.approx(fastest["rd_cached"] / fastest["student_alone"])
     assert len(rb["ratio_cached_per_round"]) == 2 and rb["ratio_cached_per_round_median"] > 0
     assert sorted(t["timed_order"]) == sorted(["student_alone"] * 2 + ["rd_live"] + ["rd_cached"] * 2)
 
@@ -112,12 +114,17 @@ def test_returned_equals_written(result):
     assert json.loads(json.dumps(returned, default=str)) == written
 
 
-def _assert_modes_ran_what_they_are_named_for(res, timed_iters):
+def _assert_modes_ran_what_they_are_named_for(res, timed_iters, rd_trainer):
+    """Catches a mode timed under the wrong name: a student alone that builds or runs the teacher, Phi or the cache,
+    a live mode served by the cache, a cached mode that runs the teacher, or RD's trainer not used for RD."""
     # teacher / Phi forwards counted during the timed epochs: (a) neither, (b) both once per iteration, (c) Phi only
     ran = {mode: res["modes"][mode]["ran"] for mode in MODES}
     assert {m: r["timed_iterations"] for m, r in ran.items()} == timed_iters
+    assert ran["student_alone"]["trainer"] == "DistillationTrainer"
+    assert ran["rd_live"]["trainer"] == ran["rd_cached"]["trainer"] == rd_trainer
     assert (ran["student_alone"]["teacher_forwards"], ran["student_alone"]["reprogrammer_forwards"]) == (0, 0)
-    assert not ran["student_alone"]["has_teacher"] and not ran["student_alone"]["has_reprogrammer"]
+    alone = ran["student_alone"]
+    assert not alone["has_teacher"] and not alone["has_reprogrammer"] and not alone["has_feature_cache"]
     n_live = timed_iters["rd_live"]
     assert (ran["rd_live"]["teacher_forwards"], ran["rd_live"]["reprogrammer_forwards"]) == (n_live, n_live) != (0, 0)
     assert not ran["rd_live"]["has_feature_cache"]
@@ -128,7 +135,7 @@ def _assert_modes_ran_what_they_are_named_for(res, timed_iters):
 
 def test_demo_modes_ran_what_they_are_named_for(result):
     _, res, _ = result
-    _assert_modes_ran_what_they_are_named_for(res, {"student_alone": 4, "rd_live": 2, "rd_cached": 4})
+    _assert_modes_ran_what_they_are_named_for(res, {"student_alone": 4, "rd_live": 2, "rd_cached": 4}, "RDTrainer")
 
 
 class _Ran:
@@ -142,6 +149,8 @@ class _Ran:
 
 
 def test_check_modes_refuses_swapped_modes(result):
+    """Catches a check that lets a mode through whose counts belong to another mode, a student alone that built
+    anything teacher-side (teacher, Phi, cache) without calling it, and a live mode that holds the cache."""
     _, res, _ = result
     bench = _load_bench()
     ran = {mode: res["modes"][mode]["ran"] for mode in MODES}
@@ -153,9 +162,13 @@ def test_check_modes_refuses_swapped_modes(result):
     for wrong, swap in swaps.items():
         with pytest.raises(RuntimeError, match=f"{wrong}: "):
             bench.check_modes({m: _Ran(ran[swap[m]]) for m in MODES})
-    teacher_kept = {**ran, "student_alone": {**ran["student_alone"], "has_teacher": True}}
-    with pytest.raises(RuntimeError, match="student_alone: the trainer holds a teacher"):
-        bench.check_modes({m: _Ran(teacher_kept[m]) for m in MODES})
+    for built in ("has_teacher", "has_reprogrammer", "has_feature_cache"):
+        kept = {**ran, "student_alone": {**ran["student_alone"], built: True}}
+        with pytest.raises(RuntimeError, match="student_alone: the mode built a teacher, Φ or feature cache"):
+            bench.check_modes({m: _Ran(kept[m]) for m in MODES})
+    cached_live = {**ran, "rd_live": {**ran["rd_live"], "has_feature_cache": True}}
+    with pytest.raises(RuntimeError, match="rd_live must train without the feature cache"):
+        bench.check_modes({m: _Ran(cached_live[m]) for m in MODES})
 
 
 # ------------------------------------------------------------------------------ 3D segmentation (dense RD)
@@ -200,8 +213,7 @@ def test_segment_modes_ran_what_they_are_named_for(segment):
     assert res["config"]["trainer"] == "monai_rd.engines.DenseRDTrainer" and res["config"]["spatial_dims"] == 3
     # 2 training volumes at batch 1: a full epoch is 2 iterations (no --max_iters)
     assert res["timing"]["iters_per_epoch"] == len(sub["training"]) == 2 and res["timing"]["batch_size"] == 1
-    assert all(r["ran"]["trainer"] == "DenseRDTrainer" for r in res["modes"].values())
-    _assert_modes_ran_what_they_are_named_for(res, {"student_alone": 4, "rd_live": 2, "rd_cached": 4})
+    _assert_modes_ran_what_they_are_named_for(res, {"student_alone": 4, "rd_live": 2, "rd_cached": 4}, "DenseRDTrainer")
 
 
 def test_segment_times_cache_and_ratios(segment):

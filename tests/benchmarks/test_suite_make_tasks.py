@@ -7,9 +7,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+from suite_modules import load_suite_module  # tests/benchmarks, on sys.path under pytest
 
 from monai_rd.data import check_datalist
-from suite_modules import load_suite_module  # tests/benchmarks, on sys.path under pytest
 
 mt = load_suite_module("make_tasks")
 

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-
 from suite_modules import load_suite_module  # tests/benchmarks, on sys.path under pytest
 
 make_tasks, run_suite = load_suite_module("make_tasks"), load_suite_module("run_suite")
