@@ -19,7 +19,8 @@ from monai_rd.networks.stage_taps import HookTaps
 
 SIZE = 32
 ABLATIONS = ("drd", "drd_last", "drd_no_hybrid", "drd_no_kl")
-IMAGES = {f"/virtual/img{i}.png": torch.rand(1, SIZE, SIZE, generator=torch.Generator().manual_seed(i)) for i in range(6)}
+IMAGES = {f"/virtual/img{i}.png": torch.rand(1, SIZE, SIZE, generator=torch.Generator().manual_seed(i))
+          for i in range(6)}
 
 
 def _teacher(num_taps=4):
@@ -28,8 +29,8 @@ def _teacher(num_taps=4):
     widths = [1, 4, 6, 8, 10][: num_taps + 1]
     blocks = [nn.Sequential(nn.Conv2d(i, o, 3, stride=2, padding=1), nn.BatchNorm2d(o), nn.ReLU())
               for i, o in zip(widths, widths[1:])]
-    return FrozenTeacher(nn.Sequential(*blocks), input_size=(2 * SIZE, 2 * SIZE), mean=(0.5,), std=(0.5,), in_channels=1,
-                         stage_taps=HookTaps([str(k) for k in range(num_taps)]))
+    return FrozenTeacher(nn.Sequential(*blocks), input_size=(2 * SIZE, 2 * SIZE), mean=(0.5,), std=(0.5,),
+                         in_channels=1, stage_taps=HookTaps([str(k) for k in range(num_taps)]))
 
 
 def _load(item):
