@@ -134,6 +134,17 @@ def test_the_stage_selection_and_pooling_key_the_cache():
     assert runs["all"].teacher.numel < runs["unpooled"].teacher.numel
 
 
+def test_a_live_teacher_packs_the_same_maps_without_a_cache():
+    """--cache_teacher false: no cache is built and the trainer gets the packing teacher (pooled the same way), so
+    a live run trains on the maps a cached run would."""
+    m = _deployed(cache_teacher=False)
+    cached = _deployed()
+    kwargs = m.trainer_kwargs()
+    assert m.cache is None and kwargs["feature_cache"] is None
+    assert kwargs["teacher"] is m.teacher and m.teacher.stage_shapes == cached.teacher.stage_shapes
+    assert m.teacher.fingerprint() == cached.teacher.fingerprint()
+
+
 def test_stages_are_paired_deepest_first():
     """A teacher with 3 taps and a student with 4 stages: student stages 1..3 take taps 0..2 (the deepest of each
     aligned); asking for stage 0, which has no tap, is refused naming the stages that can be distilled."""
