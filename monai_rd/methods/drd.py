@@ -115,7 +115,7 @@ class DRD(Method):
         self.teacher.stage_names  # noqa: B018 - a teacher without taps stops the run here, saying what to do
 
     def select_stages(self, num_student: int, num_teacher: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-        """The student stages with DRD terms, the levels that get a projector, and the offset of the pairing.
+        """The student stages with DRD terms, the levels that get a projector, and the first paired stage.
 
         Args:
             num_student: the student's stages N_S.
