@@ -25,6 +25,7 @@ from monai_rd.bundle.model_spec import as_class_names, model_spec, segmentation_
 from monai_rd.data.checks import check_datalist
 from monai_rd.data.dicom_reader import parse_window
 from monai_rd.data.unlabelled import training_items, unlabelled_splits
+from monai_rd.engines.drd_trainer import HYBRID_NORM
 from monai_rd.errors import OptionError
 from monai_rd.methods import MethodSpec, get_method_spec
 from monai_rd.networks.adapted_teacher import as_lora_targets
@@ -38,6 +39,7 @@ from monai_rd.utils.options import (
     as_optional_float,
     as_optional_float_list,
     as_optional_int,
+    as_optional_int_list,
     as_optional_str,
 )
 
@@ -104,6 +106,14 @@ class TrainOptions:
     cache_teacher: Any = True
     cache_dtype: Any = "float16"
     teacher_name: Any = None
+    # Deep RD (--method drd*; monai_rd.methods.DRD): the student stages distilled (null: every stage paired with a
+    # teacher tap), the projectors' width (null: each stage's student channels), the cache's maps pooled to the
+    # student's stage sizes, and how BatchNorm treats the hybrid passes ("batch": batch statistics, running
+    # statistics left to the student's own pass; "track": updated by every pass)
+    drd_stages: Any = None
+    drd_hidden: Any = None
+    drd_cache_pool: Any = True
+    drd_hybrid_bn: Any = "batch"
 
     def __post_init__(self) -> None:
         self.class_names = as_class_names(self.class_names)
@@ -126,14 +136,20 @@ class TrainOptions:
         self.gamma = self.spec.option("gamma", as_float(self.gamma, "gamma", min_value=0.0))
         self.tau = self.spec.option("tau", as_float(self.tau, "tau", positive=True))
         self.alpha_start = self.spec.option("alpha", as_float(self.alpha_start, "alpha_start", min_value=0.0))
-        self.beta_start = as_float(self.beta_start, "beta_start", min_value=0.0)
+        self.beta_start = self.spec.option("beta", as_float(self.beta_start, "beta_start", min_value=0.0))
         self.alpha_end = self.spec.option("alpha", as_optional_float(self.alpha_end, "alpha_end", min_value=0.0))
-        self.beta_end = as_optional_float(self.beta_end, "beta_end", min_value=0.0)
+        self.beta_end = self.spec.option("beta", as_optional_float(self.beta_end, "beta_end", min_value=0.0))
         self.detach_teacher = as_bool(self.detach_teacher, "detach_teacher")
         self.logit_standardise = as_bool(self.logit_standardise, "logit_standardise")
         self.grad_clip_norm = as_optional_float(self.grad_clip_norm, "grad_clip_norm", positive=True)
         self.cache_teacher = as_bool(self.cache_teacher, "cache_teacher")
         self.cache_dtype = as_dtype(self.cache_dtype, "cache_dtype")
+        self.drd_stages = as_optional_int_list(self.drd_stages, "drd_stages", min_value=0)
+        self.drd_hidden = as_optional_int(self.drd_hidden, "drd_hidden", min_value=1)
+        self.drd_cache_pool = as_bool(self.drd_cache_pool, "drd_cache_pool")
+        self.drd_hybrid_bn = str(self.drd_hybrid_bn).strip().lower()
+        if self.drd_hybrid_bn not in HYBRID_NORM:
+            raise OptionError(f"--drd_hybrid_bn must be one of {', '.join(HYBRID_NORM)}; got {self.drd_hybrid_bn!r}.")
 
     @property
     def num_classes(self) -> int:
@@ -183,6 +199,13 @@ class TrainOptions:
     def model_spec(self, bundle_root: str) -> dict[str, Any]:
         """The trained model's description (``models/model_meta.json``; :mod:`monai_rd.bundle.model_spec`)."""
         raise NotImplementedError
+
+    def drd_fingerprint(self) -> dict[str, Any]:
+        """Deep RD's settings, part of :meth:`fingerprint` for its methods (``drd``, ``drd_*``), else empty."""
+        if not self.method.startswith("drd"):
+            return {}
+        settings = [self.drd_stages, self.drd_hidden, self.drd_cache_pool, self.drd_hybrid_bn]
+        return {"method": self.method, "drd": settings}
 
     def fingerprint(self, epoch_length: int, training_data: str, datalist: Mapping) -> dict[str, Any]:
         """What a checkpoint must have been trained with to be resumed by this run (compared by the run folder).
@@ -328,7 +351,7 @@ class ClassificationOptions(TrainOptions):
                 if spec.adapt == "lora":
                     adaptation += [self.lora_rank, self.lora_alpha, self.lora_targets]
                 out["teacher_adaptation"] = adaptation
-        return out
+        return {**out, **self.drd_fingerprint()}
 
 
 @dataclasses.dataclass
@@ -418,4 +441,5 @@ class SegmentationOptions(TrainOptions):
             reading=[self.axcodes, self.pixdim, self.intensity_range, self.crop_foreground],
             epoch_length=epoch_length,
             training_data=training_data,
+            **self.drd_fingerprint(),
         )

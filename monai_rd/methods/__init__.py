@@ -6,6 +6,7 @@ deployed (:class:`Method`). A new method is a :class:`Method` subclass (or an ex
 ``params``/``fixed`` options) registered here with :func:`register_method`.
 """
 
+from monai_rd.methods.drd import DRD, DenseDRD
 from monai_rd.methods.feature_kd import FEATURE_LOSSES, FeatureKD
 from monai_rd.methods.kd import KD, TeacherHeadMethod
 from monai_rd.methods.method import (
@@ -22,6 +23,8 @@ from monai_rd.methods.rd import RD, DenseRD
 from monai_rd.methods.teacher_baselines import TeacherBaseline
 
 __all__ = [
+    "DRD",
+    "DenseDRD",
     "FEATURE_LOSSES",
     "KD",
     "METHODS",
@@ -69,5 +72,15 @@ for _spec in (
                feature_weight=3000.0),
     MethodSpec("crd", "contrastive representation distillation, in-batch", {"classification": FeatureKD},
                params={"feature_loss": "crd"}, feature_weight=0.8),
+    # Deep RD (issue 24): monai_rd.methods.drd
+    MethodSpec("drd", "Deep RD: each teacher stage reprogrammed into the student's later stages, KL and CKA per stage",
+               {"classification": DRD, "segmentation": DenseDRD}),
+    MethodSpec("drd_last", "Deep RD on the last stage only (RD's special case)",
+               {"classification": DRD, "segmentation": DenseDRD}, params={"stages": "last"}),
+    MethodSpec("drd_no_hybrid", "Deep RD without hybrid paths: the student's CE and each stage's CKA",
+               {"classification": DRD, "segmentation": DenseDRD}, params={"hybrid": False},
+               fixed={"alpha": 0.0, "beta": 0.0}),
+    MethodSpec("drd_no_kl", "Deep RD without the KL terms (beta = 0)",
+               {"classification": DRD, "segmentation": DenseDRD}, fixed={"beta": 0.0}),
 ):
     register_method(_spec)

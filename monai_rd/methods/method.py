@@ -61,7 +61,7 @@ class MethodSpec:
         impl: the :class:`Method` subclass per task (``"classification"``, ``"segmentation"``).
         params: keyword arguments of the class (e.g. ``feature_loss="fitnets"``, ``adapt="lora"``).
         fixed: options the method fixes whatever the command line says: ``alpha`` (the teacher-branch CE weight,
-            start and end) and ``gamma`` (the CKA weight).
+            start and end), ``beta`` (the KL weight, start and end) and ``gamma`` (the CKA weight).
         feature_weight: the default of ``--distill_weight`` (the feature-distillation term's weight).
         teacher_lr: the default of ``--teacher_lr`` (teacher adaptation's learning rate).
     """
@@ -99,7 +99,7 @@ class MethodSpec:
         return self.params.get("adapt")
 
     def option(self, name: str, value: Any) -> Any:
-        """The method's fixed value of option ``name`` (``alpha`` or ``gamma``), else ``value``."""
+        """The method's fixed value of option ``name`` (``alpha``, ``beta`` or ``gamma``), else ``value``."""
         return self.fixed.get(name, value)
 
 

@@ -11,6 +11,7 @@ from monai_rd.networks.segmentation_student import (
     list_segmentation_students,
 )
 from monai_rd.networks.stage_projector import StageProjector, build_stage_projectors
+from monai_rd.networks.stage_map_teacher import StageMapTeacher
 from monai_rd.networks.student import StudentClassifier, create_backbone, list_students
 from monai_rd.networks.teacher_branch import TeacherBranch
 from monai_rd.networks.teachers import create_teacher, efficientnet_lite0_teacher, list_teachers
@@ -21,6 +22,7 @@ __all__ = [
     "ReprogrammingNet",
     "ResidualMLPBlock",
     "SegmentationStudent",
+    "StageMapTeacher",
     "StageProjector",
     "StudentClassifier",
     "TeacherBranch",

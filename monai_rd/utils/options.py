@@ -25,6 +25,7 @@ __all__ = [
     "as_optional_float",
     "as_optional_float_list",
     "as_optional_int",
+    "as_optional_int_list",
     "as_optional_str",
     "epoch_length",
 ]
@@ -182,6 +183,13 @@ def as_float_list(value: Any, name: str, length: int | None = None, positive: bo
     """
     items = _as_list(value, name, length, "[1.5,1.5,2.0]")
     return [as_float(v, f"{name}[{i}]", positive=positive) for i, v in enumerate(items)]
+
+
+def as_optional_int_list(
+    value: Any, name: str, length: int | None = None, min_value: int | None = None
+) -> list[int] | None:
+    """Like :func:`as_int_list`, but ``None``, ``null`` and ``none`` mean "not set" and give None."""
+    return None if _is_none(value) else as_int_list(value, name, length, min_value)
 
 
 def as_optional_float_list(
