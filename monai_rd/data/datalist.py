@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import fnmatch
 import json
 import os
 import re
@@ -13,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_rd.data.finder import IMAGE_EXTENSIONS, find_images
 from monai_rd.errors import DataCheckError, OptionError
 from monai_rd.utils.constants import SPLITS, UNLABELLED_SPLIT
 from monai_rd.utils.files import write_json_atomic
@@ -20,8 +20,6 @@ from monai_rd.utils.files import write_json_atomic
 __all__ = [
     "IMAGE_EXTENSIONS",
     "list_class_folder",
-    "list_images",
-    "list_volumes",
     "load_json",
     "load_saved_datalist",
     "make_class_folder_datalist",
@@ -31,7 +29,6 @@ __all__ = [
     "split_datalist",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
 
 
 def load_json(path: str, what: str = "JSON file") -> Any:
@@ -181,115 +178,26 @@ def list_class_folder(
     """
     if not os.path.isdir(dataset_dir):
         raise FileNotFoundError(f"dataset folder {dataset_dir!r} does not exist.")
-    items = []
+    items: list[dict] = []
+    seen: set = set()  # a file linked into two class folders is listed once
     for label, cls in enumerate(classes):
         folder = os.path.join(dataset_dir, cls)
         if not os.path.isdir(folder):
-            found = sorted(d for d in os.listdir(dataset_dir) if os.path.isdir(os.path.join(dataset_dir, d)))
+            folders = sorted(d for d in os.listdir(dataset_dir) if os.path.isdir(os.path.join(dataset_dir, d)))
             raise FileNotFoundError(
                 f"class folder {folder!r} is missing; expected one folder per class {list(classes)} in "
-                f"{dataset_dir!r}, found {found}."
+                f"{dataset_dir!r}, found {folders}."
             )
-        files = sorted(
-            f
-            for f in os.listdir(folder)
-            if f.lower().endswith(tuple(e.lower() for e in extensions))
-            and not any(fnmatch.fnmatch(f, pat) for pat in exclude)
-        )
-        if not files:
-            raise ValueError(f"class folder {folder!r} holds no image with extension {tuple(extensions)}.")
-        items += [{"image": os.path.abspath(os.path.join(folder, f)), "label": label} for f in files]
+        found = find_images(folder, extensions, exclude, recursive=False, seen=seen)
+        if not found.items:
+            left = found.describe_left_out()
+            raise ValueError(
+                f"class folder {folder!r} holds no image with extension {tuple(extensions)} (nor a DICOM file)"
+                + (f"; left out: {left}." if left else ".")
+            )
+        found.log("image")
+        items += [{**it, "label": label} for it in found.items]
     return items
-
-
-def list_images(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True) -> list[dict]:
-    """All images under ``folder`` as ``{"image": path}`` items, sorted (an inference datalist).
-
-    Args:
-        folder: folder to search.
-        extensions: accepted file name endings (case-insensitive).
-        recursive: search sub-folders too.
-
-    Returns:
-        Items with absolute paths.
-
-    Raises:
-        FileNotFoundError: ``folder`` is missing or holds no image (names it and the extensions).
-    """
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"input folder {folder!r} does not exist; pass --input_dir <folder of images>.")
-    exts = tuple(e.lower() for e in extensions)
-    found = []
-    for root, _, files in os.walk(folder):
-        found += [os.path.abspath(os.path.join(root, f)) for f in files if f.lower().endswith(exts)]
-        if not recursive:
-            break
-    if not found:
-        raise FileNotFoundError(f"no image with extension {tuple(extensions)} under {folder!r}.")
-    return [{"image": p} for p in sorted(found)]
-
-
-def _is_dicom(path: str) -> bool:
-    """A DICOM file: the ``.dcm`` suffix, or the ``DICM`` marker after the 128-byte preamble (scanner exports
-    often have no suffix)."""
-    if path.lower().endswith(".dcm"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
-def _series_uids(folder: str, files: Sequence[str]) -> set[str]:
-    import pydicom
-
-    uids = set()
-    for f in files:
-        try:
-            ds = pydicom.dcmread(os.path.join(folder, f), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-        except Exception as e:  # pydicom raises several types for a damaged file
-            raise DataCheckError(f"{os.path.join(folder, f)} is not a readable DICOM file ({e}).") from e
-        uids.add(str(getattr(ds, "SeriesInstanceUID", "")))
-    return uids
-
-
-def list_volumes(folder: str, extensions: Sequence[str] = (".nii", ".nii.gz")) -> list[dict]:
-    """The volumes under ``folder`` as ``{"image": path}`` items, sorted (a segmentation inference datalist):
-    every NIfTI file, and every folder of DICOM files as one volume (MONAI's ``PydicomReader`` reads a folder as one
-    series, sorted by slice position, in Hounsfield units).
-
-    Args:
-        folder: folder to search, recursively.
-        extensions: volume file name endings (case-insensitive) besides DICOM series.
-
-    Returns:
-        Items with absolute paths: a file for a NIfTI volume, a folder for a DICOM series.
-
-    Raises:
-        FileNotFoundError: ``folder`` is missing or holds no volume.
-        DataCheckError: a folder holds DICOM files of more than one series (they would be stacked into one
-            volume), or a DICOM file that cannot be read; names the folder.
-    """
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"input folder {folder!r} does not exist; pass --input_dir <folder of volumes>.")
-    exts = tuple(e.lower() for e in extensions)
-    found = []
-    for root, _, files in os.walk(folder):
-        found += [os.path.abspath(os.path.join(root, f)) for f in files if f.lower().endswith(exts)]
-        dicom = sorted(f for f in files if not f.lower().endswith(exts) and _is_dicom(os.path.join(root, f)))
-        if not dicom:
-            continue
-        uids = _series_uids(root, dicom)
-        if len(uids) > 1:
-            raise DataCheckError(
-                f"{root} holds DICOM files of {len(uids)} series ({', '.join(sorted(uids))}); a folder is read as one "
-                "volume, so put each series in a folder of its own."
-            )
-        found.append(os.path.abspath(root))
-    if not found:
-        raise FileNotFoundError(f"no volume (a file ending {tuple(extensions)} or a folder of DICOM files) under {folder!r}.")
-    return [{"image": p} for p in sorted(found)]
 
 
 def _group_key(path: str, pattern: str, group_size: int) -> str:
