@@ -72,7 +72,8 @@ def test_volumes_are_nifti_files_and_dicom_folders_found_by_content_through_link
     os.symlink(tmp_path / "elsewhere", tmp_path / "in" / "patient")
     (tmp_path / "in" / "readme.md").write_text("#")
     found = find_volumes(str(tmp_path / "in"))
-    assert found.items == [{"image": str(tmp_path / "in" / "a.nii.gz")}, {"image": str(tmp_path / "in" / "patient" / "ct")}]
+    inside = tmp_path / "in"
+    assert found.items == [{"image": str(inside / "a.nii.gz")}, {"image": str(inside / "patient" / "ct")}]
     assert found.left_out == {"not an image": [str(tmp_path / "in" / "readme.md")]}
 
 
@@ -86,7 +87,7 @@ def test_make_datalist_follows_linked_patient_folders_and_reports_left_outs(tmp_
     """Catches `make_datalist` dropping symlinked patient folders (40 images reported as 30) as typed on the command
     line, and a file linked into two class folders listed under both classes."""
     root, store = tmp_path / "data", tmp_path / "store"
-    for k, lobe in enumerate(("frontal", "temporal")):
+    for lobe in ("frontal", "temporal"):
         for p in range(4):
             folder = (store if p == 3 else root / lobe) / f"{lobe}_P{p}"
             folder.mkdir(parents=True)
