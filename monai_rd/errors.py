@@ -22,6 +22,7 @@ __all__ = [
     "NonFiniteError",
     "OptionError",
     "OutputFolderError",
+    "SkippedInputsError",
     "find_rd_error",
     "install_excepthook",
 ]
@@ -55,6 +56,10 @@ class OutputFolderError(MonaiRDError, FileExistsError):
 
 class DistributedRunError(MonaiRDError, RuntimeError):
     """A multi-process run cannot start or continue (not launched by torchrun, or rank 0 failed)."""
+
+
+class SkippedInputsError(MonaiRDError, RuntimeError):
+    """Inference could not predict some inputs (unreadable, or not finite); the others were predicted and written."""
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -33,7 +33,7 @@ from monai_rd.data.pil_modes import convert_to_displayed_mode
 from monai_rd.errors import DataCheckError, OutputFolderError
 from monai_rd.utils.constants import SPLITS
 
-__all__ = ["check_datalist", "check_writable", "default_image_loader"]
+__all__ = ["check_datalist", "check_writable", "default_image_loader", "describe_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,12 @@ class _FileResult:
 _Found = list[tuple[tuple[int, int], str]]  # ((split position, item index), message)
 
 
-def _reason(e: BaseException) -> str:
+def describe_error(e: BaseException) -> str:
+    """An error in one line: its type and first line (for MONAI's "cannot find a suitable reader" error, the
+    first reader's own error; under MONAI's "applying transform ..." wrapper, the error it wraps), at most 200
+    characters."""
+    while isinstance(e, RuntimeError) and str(e).startswith("applying transform") and e.__cause__ is not None:
+        e = e.__cause__
     text = str(e).strip()
     m = _ERROR_LINE.search(text) if isinstance(e, RuntimeError) else None
     reason = f"{m.group(1)}: {m.group(2)}" if m else f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
@@ -104,8 +109,8 @@ def _inspect_file(
     except Exception as e:  # any failure to decode is this file's problem, reported with the others
         return _FileResult(
             problems=[
-                f"cannot be decoded as an image ({_reason(e)}); it is corrupt, truncated or not an image despite "
-                "its extension: re-export it (PNG, JPEG, NIfTI, DICOM) or remove the item"
+                f"cannot be decoded as an image ({describe_error(e)}); it is corrupt, truncated or not an image "
+                "despite its extension: re-export it (PNG, JPEG, NIfTI, DICOM) or remove the item"
             ]
         )
     out = _FileResult()
