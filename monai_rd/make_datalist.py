@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from monai_rd.data.checks import check_datalist
-from monai_rd.data.datalist import load_json, load_saved_datalist, split_datalist
+from monai_rd.data.datalist import NewDatalist, load_json, load_saved_datalist, split_datalist
 from monai_rd.data.finder import IMAGE_EXTENSIONS, FoundFiles, find_images
 from monai_rd.errors import DataCheckError, OptionError, OutputFolderError
 from monai_rd.transforms.load_image_2d import LoadImage2D
@@ -53,6 +53,7 @@ __all__ = [
     "make_datalist",
     "read_table",
     "scan_class_folders",
+    "write_datalist",
 ]
 
 logger = logging.getLogger("monai_rd.make_datalist")  # not "__main__" under `python -m`
@@ -330,10 +331,17 @@ def make_datalist(
         "class_counts": counts,
     }
     splits = {s: [{k: v for k, v in it.items() if k != "split"} for it in splits[s]] for s in SPLITS}
+    made = {**meta, **splits}
     if out:
-        relative = {s: [{**it, "image": os.path.relpath(it["image"], dataset_dir)} for it in splits[s]] for s in SPLITS}
-        write_json_atomic({**meta, **relative}, out)
-    return {**meta, **splits}
+        write_datalist(made, out)
+    return made
+
+
+def write_datalist(made: Mapping[str, Any], out: str) -> None:
+    """Write a datalist of :func:`make_datalist` to ``out`` (atomically), paths relative to its ``dataset_dir``."""
+    root = made["dataset_dir"]
+    relative = {s: [{**it, "image": os.path.relpath(it["image"], root)} for it in made[s]] for s in SPLITS}
+    write_json_atomic({**made, **relative}, out)
 
 
 def datalist_class_names(datalist_json: str | None = None, dataset_dir: str | None = None) -> list[str]:
@@ -386,7 +394,9 @@ def load_or_make_datalist(
 
     Returns:
         ``{"training", "validation", "test"}`` lists of ``{"image": absolute path, "label": int, ...}``. Files are
-        not read here: the bundle's ``check_datalist`` does that once, with its own loader.
+        not read here: the bundle's ``check_datalist`` does that once, with its own loader; a datalist built here
+        (a :class:`~monai_rd.data.datalist.NewDatalist`) is written to ``datalist_json`` only when that check
+        passes.
 
     Raises:
         DataCheckError: neither exists; the datalist's classes differ from ``class_names``; it is malformed.
@@ -395,10 +405,8 @@ def load_or_make_datalist(
     if not os.path.isfile(datalist_json):
         if not dataset_dir:
             datalist_class_names(datalist_json, dataset_dir)  # raises, saying what to pass
-        made = make_datalist(
-            dataset_dir, datalist_json, class_names, val_fraction, test_fraction, seed, check_files=False
-        )
-        return {s: made[s] for s in SPLITS}
+        made = make_datalist(dataset_dir, None, class_names, val_fraction, test_fraction, seed, check_files=False)
+        return NewDatalist({s: made[s] for s in SPLITS}, lambda: write_datalist(made, datalist_json))
     saved = load_json(datalist_json, what="datalist")
     if not isinstance(saved, dict):
         raise DataCheckError(

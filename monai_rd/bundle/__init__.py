@@ -4,6 +4,7 @@ and the recipes the bundles' configs are generated from."""
 from monai_rd.bundle.command_line import check_command_line, check_overrides
 from monai_rd.bundle.model_spec import (
     as_class_names,
+    check_export_metadata,
     model_spec,
     read_model_spec,
     segmentation_model_spec,
@@ -18,6 +19,7 @@ __all__ = [
     "TrainOptions",
     "as_class_names",
     "check_command_line",
+    "check_export_metadata",
     "check_overrides",
     "latest_checkpoint",
     "model_spec",

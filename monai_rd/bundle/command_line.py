@@ -43,10 +43,20 @@ from monai.utils import ensure_tuple
 
 from monai_rd.errors import OptionError
 
-__all__ = ["RUN_ARGUMENTS", "check_command_line", "check_overrides", "config_ids", "parse_bundle_argv"]
+__all__ = [
+    "EXPORT_COMMANDS",
+    "RUN_ARGUMENTS",
+    "check_command_line",
+    "check_overrides",
+    "config_ids",
+    "parse_bundle_argv",
+    "running_command",
+]
 
 _WORKFLOW_COMMANDS = (bundle_scripts.run, bundle_scripts.run_workflow, bundle_scripts.create_workflow)
 _EXPORT_COMMANDS = (bundle_scripts.ckpt_export, bundle_scripts.onnx_export, bundle_scripts.trt_export)
+#: MONAI's commands that embed the config's ``_meta_`` in the exported model
+EXPORT_COMMANDS = tuple(f.__name__ for f in _EXPORT_COMMANDS)
 
 
 def _parameters(*functions: Any) -> frozenset[str]:
@@ -177,19 +187,27 @@ def parse_bundle_argv(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
     return argv[1], kwargs
 
 
-def _from_stack() -> tuple[Any, dict[str, Any]] | None:
-    """``(config files, the arguments besides them)`` of the MONAI bundle command on the call stack, or None."""
-    workflow = {f.__code__ for f in (bundle_scripts.create_workflow,)}
-    export = {f.__code__ for f in _EXPORT_COMMANDS}
+def _from_stack() -> tuple[str, Any, dict[str, Any]] | None:
+    """``(command, config files, the arguments besides them)`` of the MONAI bundle command on the call stack (the
+    workflow commands as ``run``), or None."""
+    exporters = {f.__code__: f.__name__ for f in _EXPORT_COMMANDS}
     frame = sys._getframe(1)
     while frame is not None:
         local = frame.f_locals
-        if frame.f_code in workflow and isinstance(local.get("_args"), dict) and "config_file" in local:
-            return local["config_file"], dict(local["_args"])
-        if frame.f_code in export and isinstance(local.get("_args"), dict) and "config_file_" in local:
-            return local["config_file_"], dict(local["_args"])
+        if frame.f_code is bundle_scripts.create_workflow.__code__ and "config_file" in local:
+            if isinstance(local.get("_args"), dict):
+                return "run", local["config_file"], dict(local["_args"])
+        if frame.f_code in exporters and isinstance(local.get("_args"), dict) and "config_file_" in local:
+            return exporters[frame.f_code], local["config_file_"], dict(local["_args"])
         frame = frame.f_back
     return None
+
+
+def running_command() -> str | None:
+    """The MONAI bundle command this config is being run by (``"run"`` for ``run``/``run_workflow``, or an
+    exporter's name such as ``"ckpt_export"``), from the call stack, else from ``sys.argv``; None in Python."""
+    found = _from_stack()
+    return found[0] if found is not None else parse_bundle_argv(sys.argv)[0]
 
 
 def check_command_line(argv: Sequence[str] | None = None) -> None:
@@ -211,8 +229,8 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
         if "config_file" not in kwargs:
             return
         own = _parameters(getattr(bundle_scripts, command)) if hasattr(bundle_scripts, command) else set()
-        found = (kwargs["config_file"], {k: v for k, v in kwargs.items() if k not in own})
-    config_file, kwargs = found
+        found = (command, kwargs["config_file"], {k: v for k, v in kwargs.items() if k not in own})
+    _, config_file, kwargs = found
     if isinstance(config_file, str) and config_file.strip().startswith("["):
         config_file = ast.literal_eval(config_file)  # "['train.json','evaluate.json']", as fire reads it
     check_overrides(

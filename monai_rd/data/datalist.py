@@ -19,6 +19,7 @@ from monai_rd.utils.files import write_json_atomic
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "NewDatalist",
     "list_class_folder",
     "load_json",
     "load_saved_datalist",
@@ -58,6 +59,26 @@ def load_json(path: str, what: str = "JSON file") -> Any:
         raise DataCheckError(f"{what} {path} cannot be read ({e}).") from e
 
 
+class NewDatalist(dict):
+    """A split just made and not yet written: its ``save()`` writes it, and :func:`monai_rd.data.check_datalist`
+    calls it once every file passed, so a failed data check leaves no datalist behind.
+
+    Args:
+        splits: the ``{split: items}`` datalist.
+        save: writes it (called once).
+    """
+
+    def __init__(self, splits: Mapping[str, list[dict]], save: Callable[[], Any]) -> None:
+        super().__init__(splits)
+        self._save: Callable[[], Any] | None = save
+
+    def save(self) -> None:
+        """Write the split (once; later calls do nothing)."""
+        if self._save is not None:
+            self._save()
+            self._save = None
+
+
 def save_datalist(datalist: Mapping[str, list[dict]], datalist_json: str, dataset_dir: str, **meta) -> None:
     """Write a datalist with image paths relative to ``dataset_dir`` plus ``meta`` fields (atomically).
 
@@ -70,6 +91,13 @@ def save_datalist(datalist: Mapping[str, list[dict]], datalist_json: str, datase
     root = os.path.abspath(dataset_dir)
     rel = {s: [{**it, "image": os.path.relpath(it["image"], root)} for it in datalist[s]] for s in SPLITS}
     write_json_atomic({**meta, **rel}, datalist_json)
+
+
+# what to do when a saved split is not this run's: never "delete it", which may be a bundle's shipped split
+_ANOTHER_SPLIT = (
+    "pass --datalist_json <a new file, e.g. in your --ckpt_dir> to split {dataset_dir} anew (delete {path} only if "
+    "it is a split you made and no longer want)"
+)
 
 
 def load_saved_datalist(datalist_json: str, dataset_dir: str, **expected) -> dict[str, list[dict]]:
@@ -97,7 +125,9 @@ def load_saved_datalist(datalist_json: str, dataset_dir: str, **expected) -> dic
         value = list(value) if isinstance(value, tuple) else value
         if saved.get(key) != value:
             raise DataCheckError(
-                f"{datalist_json} was written with {key}={saved.get(key)!r}, not {value!r}; delete it to re-split."
+                f"{datalist_json} was written with {key}={saved.get(key)!r}, but this run has {value!r}: it is the "
+                f"split of another dataset or setting: "
+                f"{_ANOTHER_SPLIT.format(dataset_dir=dataset_dir, path=datalist_json)}."
             )
     absent = [s for s in SPLITS if s not in saved]
     if absent:
@@ -126,9 +156,11 @@ def load_saved_datalist(datalist_json: str, dataset_dir: str, **expected) -> dic
     out = {s: [{**it, "image": os.path.join(root, it["image"])} for it in saved[s]] for s in splits}
     missing = [it["image"] for s in splits for it in out[s] if not os.path.isfile(it["image"])]
     if missing:
+        total = sum(len(out[s]) for s in splits)
         raise FileNotFoundError(
-            f"{len(missing)} images listed in {datalist_json} are missing, first: {missing[0]}; restore them, or "
-            "delete the datalist to re-split."
+            f"{len(missing)} of the {total} images listed in {datalist_json} are not under {root}, first: "
+            f"{missing[0]}. If the datalist is the split of another dataset (e.g. a bundle's own), "
+            f"{_ANOTHER_SPLIT.format(dataset_dir=root, path=datalist_json)}; if images were removed, restore them."
         )
     return out
 
@@ -364,11 +396,13 @@ def make_class_folder_datalist(
     shuffle_groups: bool = True,
     missing_message: str | None = None,
 ) -> dict[str, list[dict]]:
-    """List a class-folder dataset, split it, and keep the split in a datalist JSON.
+    """List a class-folder dataset, split it, and keep the split in a datalist JSON once its files are checked.
 
     If ``datalist_json`` exists it is read instead (so a split is fixed once written), after checking that
     every file in it still exists and that its classes match. Paths in the JSON are relative to
-    ``dataset_dir``.
+    ``dataset_dir``. A new split is returned as a :class:`NewDatalist` and written to ``datalist_json`` only when
+    :func:`monai_rd.data.check_datalist` passes it (every bundle's ``initialize`` checks it), or by its ``save()``:
+    a split with a bad file is never kept, so fixing the data and running again splits again.
 
     Args:
         dataset_dir: folder of class folders.
@@ -384,7 +418,8 @@ def make_class_folder_datalist(
         missing_message: message of the error raised when ``dataset_dir`` is missing (e.g. where to get it).
 
     Returns:
-        ``{"training", "validation", "test"}`` lists of ``{"image": absolute path, "label": int}``.
+        ``{"training", "validation", "test"}`` lists of ``{"image": absolute path, "label": int}`` (a
+        :class:`NewDatalist` when the split was just made).
 
     Raises:
         FileNotFoundError: the dataset folder, a class folder, or a file listed in the JSON is missing.
@@ -397,5 +432,6 @@ def make_class_folder_datalist(
     items = list_class_folder(dataset_dir, classes, exclude=exclude)
     out = split_datalist(items, val_fraction, test_fraction, seed, group_pattern, group_size, shuffle_groups)
     if datalist_json:
-        save_datalist(out, datalist_json, dataset_dir, classes=list(classes), seed=seed)
+        meta = {"classes": list(classes), "seed": seed}
+        return NewDatalist(out, lambda: save_datalist(out, datalist_json, dataset_dir, **meta))
     return out
