@@ -12,8 +12,8 @@ own ``<out>/runs/<method>/<student>/seed<k>/``, then tested with ``evaluate.json
 again skips the runs that have test metrics and resumes the others; each run records its settings
 (``settings.json``), and a command whose settings (``--set`` values, the bundle's options, a datalist's content)
 differ from those of a run already in ``<out>`` is refused before anything runs: use another ``--out``. A
-``--set`` key the bundle does not have is refused with the closest known ones. ``<out>`` gets ``results.csv`` (one row per
-run), ``results.md`` (mean ± sd over seeds, method x student, accuracy and AUC) and plots.
+``--set`` key the bundle does not have is refused with the closest known ones. ``<out>`` gets ``results.csv`` (one
+row per run), ``results.md`` (mean ± sd over seeds, method x student, accuracy and AUC) and plots.
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ SEG2D = os.path.join(REPO, "bundles", "rd_brain_segment_2d")
 
 
 def _infer(bundle, tmp_path, *extra):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", os.path.join(bundle, "configs", "inference.json"),
-           "--ckpt_dir", str(tmp_path / "models"), "--input_dir", str(tmp_path / "in"), "--output_dir",
-           str(tmp_path / "out"), *extra]
+    config = os.path.join(bundle, "configs", "inference.json")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--ckpt_dir", str(tmp_path / "models"),
+           "--input_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), *extra]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
@@ -62,7 +62,8 @@ def test_classification_inference_predicts_every_readable_image_and_skips_bad_on
     expected = [*(str(inp / os.path.basename(p)) for p in pngs[:2]), str(inp / "P001" / "IM0001"),
                 str(inp / "linked_dir" / "linked.png")]
     assert sorted(predicted) == sorted(expected)
-    assert all(r["predicted"] in ("cerebellum", "frontal", "occipital", "parietal", "temporal") for r in predicted.values())
+    lobes = ("cerebellum", "frontal", "occipital", "parietal", "temporal")
+    assert all(r["predicted"] in lobes for r in predicted.values())
     skipped = _rows(tmp_path / "out" / "skipped.csv")
     assert sorted(skipped) == [str(inp / "nan.tif"), str(inp / "truncated.png")]
     assert "NaN or infinite" in skipped[str(inp / "nan.tif")]["status"]

@@ -77,7 +77,8 @@ def test_a_probe_model_is_evaluated_as_such_and_refused_by_inference_and_export(
                 "--output_dir", tmp_path / "infer")
     assert done.returncode == 1
     assert _last(done).startswith("monai_rd: CheckpointMismatchError: the model in") and "--method probe" in _last(done)
-    assert "Inference and export serve a student" in _last(done) and not os.path.exists(tmp_path / "infer" / "predictions.csv")
+    assert "Inference and export serve a student" in _last(done)
+    assert not os.path.exists(tmp_path / "infer" / "predictions.csv")
     done = subprocess.run(
         [sys.executable, "-m", "monai_rd.export", "--bundle", DEMO, "--ckpt", str(tmp_path / "models" / "model.pt"),
          "--format", "torch_export", "--out", str(tmp_path / "m.pt2"), "--images", images],
@@ -86,15 +87,19 @@ def test_a_probe_model_is_evaluated_as_such_and_refused_by_inference_and_export(
     assert done.returncode == 1 and "--method probe" in done.stderr and not os.path.exists(tmp_path / "m.pt2")
 
 
+def _train_with_teacher_weights(tmp_path, weights):
+    return _run(_config(DEMO, "train.json"), "--ckpt_dir", tmp_path / "models", "--output_dir", tmp_path / "eval",
+                "--datalist_json", _tiny_datalist(tmp_path / "dl.json"), "--image_size", 32, "--num_workers", 0,
+                "--teacher_weights", weights)
+
+
 def test_teacher_weights_of_another_architecture_are_named_with_their_keys(tmp_path):
     """Catches the run ending on MONAI's "Failed to instantiate/evaluate" line for a teacher checkpoint of another
     architecture, with torch's list of every key."""
     import torchvision
 
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
-    done = _run(_config(DEMO, "train.json"), "--ckpt_dir", tmp_path / "models", "--output_dir", tmp_path / "eval",
-                "--datalist_json", _tiny_datalist(tmp_path / "dl.json"), "--image_size", 32, "--num_workers", 0,
-                "--teacher_weights", tmp_path / "resnet18.pth")
+    done = _train_with_teacher_weights(tmp_path, tmp_path / "resnet18.pth")
     assert done.returncode == 1
     last = _last(done)
     assert last.startswith(f"monai_rd: CheckpointKeyError: checkpoint {tmp_path / 'resnet18.pth'} does not match")
@@ -105,9 +110,7 @@ def test_a_pickled_teacher_file_is_refused_with_how_to_convert_it(tmp_path):
     """Catches torch's text (which suggests `weights_only=False`) behind MONAI's generic line for a whole pickled
     model given as --teacher_weights."""
     torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "whole_model.pth")
-    done = _run(_config(DEMO, "train.json"), "--ckpt_dir", tmp_path / "models", "--output_dir", tmp_path / "eval",
-                "--datalist_json", _tiny_datalist(tmp_path / "dl.json"), "--image_size", 32, "--num_workers", 0,
-                "--teacher_weights", tmp_path / "whole_model.pth")
+    done = _train_with_teacher_weights(tmp_path, tmp_path / "whole_model.pth")
     assert done.returncode == 1
     last = _last(done)
     assert last.startswith(f"monai_rd: UnsafeCheckpointError: {tmp_path / 'whole_model.pth'} is not a plain weights")
@@ -136,7 +139,8 @@ def test_a_full_disk_is_found_before_the_first_epoch_naming_the_folder_and_the_s
     last = _last(done)
     assert last.startswith(f"monai_rd: DiskFullError: {tmp_path / 'models'} has 1.0 MB free on its disk, but a "
                            "checkpoint and model.pt of this run needs about")
-    assert "Epoch[1] Iteration" not in done.stdout + done.stderr and not os.path.exists(tmp_path / "models" / "model.pt")
+    assert "Epoch[1] Iteration" not in done.stdout + done.stderr
+    assert not os.path.exists(tmp_path / "models" / "model.pt")
 
 
 def _class_folders(root, bad=None):

@@ -79,7 +79,8 @@ def test_fresh_grid_trains_then_tests_each_run_in_its_own_folder(tmp_path, fake)
     assert run_grid(bundle, runs, {"epochs": "1"}, python=python, log=lines.append)[0] == runs
     assert len(calls()) == 8 and lines == ["grid: 4 runs, 4 already tested, 0 to run"]  # nothing run again
     # other settings are not tabulated as these runs: refused before anything runs
-    with pytest.raises(OutputFolderError, match=r"(?s)4 run\(s\) made with other settings.*epochs: recorded '1', now '2'"):
+    other = r"(?s)4 run\(s\) made with other settings.*epochs: recorded '1', now '2'"
+    with pytest.raises(OutputFolderError, match=other):
         run_grid(bundle, runs, {"epochs": "2"}, python=python, log=lines.append)
     assert len(calls()) == 8
 
