@@ -6,14 +6,15 @@ PNG among a thousand: no predictions at all, and the file is not named), and a N
 logits that ``argmax`` turns into class 0. The inference recipes therefore wrap their pieces:
 
 - :class:`ReadInputd` runs the preprocessing of one input in its own ``try``; an input that raises, or whose
-  preprocessed image holds NaN or infinity, is replaced by a zero placeholder of the network's input shape (so the
+  preprocessed image holds NaN or infinity, is replaced by a zero placeholder of the network's input shape (so a
   batch stays whole) with its reason in ``status`` (``""`` for an input read well) and its path in ``image_path``;
-- :class:`MarkNonFinited` (first postprocessing step) gives an input whose output is not finite its status;
-- :class:`SkipFailedd` applies the rest of the postprocessing (inversion, saving a label map) only to inputs whose
+- :class:`MarkNonFinited` (the evaluator's first postprocessing step) gives an input whose output is not finite its
+  status;
+- :class:`SkipFailedd` applies the bundle's postprocessing (inversion, saving a label map) only to inputs whose
   status is empty, so nothing is written for a skipped input.
 
 :class:`monai_rd.handlers.InferenceReport` collects the statuses, summarises them and fails the run when an input
-was skipped; :class:`monai_rd.handlers.PredictionsCSVSaver` writes a skipped input's row with empty scores.
+was skipped (listing it in ``skipped.csv``); :class:`monai_rd.handlers.PredictionsCSVSaver` gives it no row.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
+from monai.utils import convert_to_tensor
 
 from monai_rd.data.checks import describe_error
 
@@ -50,6 +52,9 @@ class ReadInputd(MapTransform):
             input's image is zeros of this shape (so a batch of good and skipped inputs stacks).
         status_key: where the reason goes (``""`` when the input was read well).
         path_key: where the input's path (as listed) goes.
+        track_meta: keep a good input's image a ``MetaTensor`` (for inverting the preprocessing); False makes it a
+            plain tensor like the placeholder, so a batch of several inputs collates (MONAI collates the metadata of
+            ``MetaTensor`` items key by key, which a placeholder does not have).
 
     Returns (when called):
         The preprocessed item, or ``{**item, <keys>: zeros, status: reason}`` for an input that raised or is not
@@ -63,9 +68,11 @@ class ReadInputd(MapTransform):
         placeholder_shape: Sequence[int],
         status_key: str = STATUS_KEY,
         path_key: str = IMAGE_PATH_KEY,
+        track_meta: bool = True,
     ) -> None:
         super().__init__(keys)
         self.transform = transform
+        self.track_meta = track_meta
         self.placeholder_shape = tuple(int(s) for s in placeholder_shape)
         self.status_key = status_key
         self.path_key = path_key
@@ -79,6 +86,8 @@ class ReadInputd(MapTransform):
             status = f"not read: {describe_error(e)}"
         else:
             if all(_finite(out[k]) for k in self.key_iterator(out)):
+                if not self.track_meta:
+                    out.update({k: convert_to_tensor(out[k], track_meta=False) for k in self.key_iterator(out)})
                 return {**out, self.status_key: "", self.path_key: path}
             status = NON_FINITE_INPUT
         zeros = {k: torch.zeros(self.placeholder_shape) for k in self.key_iterator(item)}

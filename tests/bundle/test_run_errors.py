@@ -90,7 +90,7 @@ def test_a_probe_model_is_evaluated_as_such_and_refused_by_inference_and_export(
 def _train_with_teacher_weights(tmp_path, weights):
     return _run(_config(DEMO, "train.json"), "--ckpt_dir", tmp_path / "models", "--output_dir", tmp_path / "eval",
                 "--datalist_json", _tiny_datalist(tmp_path / "dl.json"), "--image_size", 32, "--num_workers", 0,
-                "--teacher_weights", weights)
+                "--batch_size", 5, "--teacher_weights", weights)
 
 
 def test_teacher_weights_of_another_architecture_are_named_with_their_keys(tmp_path):
@@ -173,7 +173,7 @@ def test_a_class_without_training_images_is_refused(tmp_path):
     """Catches a run that trains a class it has no training image of (only a warning about undefined recall)."""
     dl = _tiny_datalist(tmp_path / "dl.json", drop_training_class=4)
     done = _run(_config(DEMO, "train.json"), "--ckpt_dir", tmp_path / "models", "--output_dir", tmp_path / "eval",
-                "--datalist_json", dl, "--image_size", 32, "--num_workers", 0)
+                "--datalist_json", dl, "--image_size", 32, "--num_workers", 0, "--batch_size", 4)
     assert done.returncode == 1
     assert "training has no item of class(es) ['temporal']: the model cannot learn them" in done.stderr
     assert "monai_rd: DataCheckError:" in done.stderr and not os.path.exists(tmp_path / "models" / "model_meta.json")
@@ -186,6 +186,6 @@ def test_own_data_with_the_demo_bundle_is_told_to_use_its_own_datalist_not_to_de
                 "--ckpt_dir", tmp_path / "models", "--output_dir", tmp_path / "eval")
     assert done.returncode == 1
     last = _last(done)
-    assert last.startswith(f"monai_rd: DataCheckError: {DEMO_DATALIST} was written with classes=")
+    assert last.startswith("monai_rd: DataCheckError: bundles/rd_demo/configs/datalist.json was written with classes=")
     assert "pass --datalist_json <a new file, e.g. in your --ckpt_dir>" in last and "delete it to re-split" not in last
     assert os.path.isfile(DEMO_DATALIST)
