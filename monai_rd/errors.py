@@ -9,6 +9,7 @@ the full traceback one environment variable away.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -17,11 +18,15 @@ from types import TracebackType
 __all__ = [
     "CheckpointMismatchError",
     "DataCheckError",
+    "DiskFullError",
     "DistributedRunError",
+    "MissingModelError",
     "MonaiRDError",
     "NonFiniteError",
     "OptionError",
     "OutputFolderError",
+    "SkippedInputsError",
+    "disk_full",
     "find_rd_error",
     "install_excepthook",
 ]
@@ -49,12 +54,25 @@ class CheckpointMismatchError(MonaiRDError, ValueError):
     """A checkpoint was written by another configuration or run than the one loading it."""
 
 
+class MissingModelError(MonaiRDError, FileNotFoundError):
+    """A trained model's file is missing where the run's other files are (e.g. ``model_meta.json`` without
+    ``model.pt``)."""
+
+
 class OutputFolderError(MonaiRDError, FileExistsError):
     """An output folder cannot be written, or holds a previous run's files that this run would overwrite."""
 
 
+class DiskFullError(MonaiRDError, OSError):
+    """The disk a run writes to is full, or would be before the run's next checkpoint (names the folder)."""
+
+
 class DistributedRunError(MonaiRDError, RuntimeError):
     """A multi-process run cannot start or continue (not launched by torchrun, or rank 0 failed)."""
+
+
+class SkippedInputsError(MonaiRDError, RuntimeError):
+    """Inference could not predict some inputs (unreadable, or not finite); the others were predicted and written."""
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -66,15 +84,46 @@ def _raised_by_us(exc: BaseException) -> bool:
     return bool(frames) and os.path.abspath(frames[-1].filename).startswith(_PACKAGE_DIR + os.sep)
 
 
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# what torch's zip writer (torch.save) says when a write fails for want of space: it raises RuntimeError, not OSError
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "PytorchStreamWriter failed writing file")
+
+
+def disk_full(exc: BaseException) -> DiskFullError | None:
+    """``exc`` as a :class:`DiskFullError` when it says the disk is full (``ENOSPC``/``EDQUOT``, or torch's failed
+    write), else None."""
+    if isinstance(exc, DiskFullError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        where = f"writing {exc.filename}" if exc.filename else "writing a file"
+    elif isinstance(exc, RuntimeError) and any(t in str(exc) for t in _DISK_FULL_TEXT):
+        where = "saving a checkpoint or model (torch.save)"
+    else:
+        return None
+    err = DiskFullError(
+        f"the disk is full: {where} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+        "Free space on the disk of the run's folders (`df -h <folder>`), or write them to another disk (--ckpt_dir, "
+        "--output_dir); a training run stopped this way continues with --resume true."
+    )
+    err.__cause__ = exc
+    return err
+
+
 def find_rd_error(exc: BaseException | None) -> BaseException | None:
     """The innermost user-fixable error in ``exc``'s cause/context chain, or None.
 
-    That is a :class:`MonaiRDError`, or a ``ValueError``/``OSError``/``KeyError`` raised by monai_rd's own code.
+    That is a :class:`MonaiRDError`, a ``ValueError``/``OSError``/``KeyError`` raised by monai_rd's own code, or a
+    full disk wherever it was found (as a :class:`DiskFullError`, see :func:`disk_full`).
     """
     found, seen = None, set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, MonaiRDError) or (isinstance(exc, (ValueError, OSError, KeyError)) and _raised_by_us(exc)):
+        full = disk_full(exc)
+        if full is not None:
+            found = full
+        elif isinstance(exc, MonaiRDError) or (
+            isinstance(exc, (ValueError, OSError, KeyError)) and _raised_by_us(exc)
+        ):
             found = exc
         exc = exc.__cause__ or exc.__context__
     return found

@@ -16,6 +16,11 @@ has passed the check. The batch dimension is dynamic in every format. The export
 for segmentation, on windows of ``roi_size``: run it through a sliding window as ``inference.json`` does); apply
 softmax (sigmoid for multi-label bundles) as the bundle's ``postprocessing`` does.
 
+Beside the file, ``<out>.metadata.json`` describes the trained model (MONAI's metadata, with the model's own input
+channels and size and classes from its ``model_meta.json``, and the check's result). A check image that cannot be read
+or is not finite is named, and the export stops; a model whose logits are not finite is refused as such. A model of a
+teacher baseline (``--method probe``, ...) deploys the teacher, not a student: it is refused.
+
 - ``onnx``: ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based exporter; weights inside the file).
 - ``torch_export``: ``torch.export.export`` saved with ``torch.export.save`` (``.pt2``; load with
   ``torch.export.load(path).module()``).
@@ -41,9 +46,21 @@ from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import ResizeWithPadOrCrop
 from monai.utils import convert_to_tensor
-from monai_rd.errors import CheckpointMismatchError, DataCheckError, MonaiRDError, OptionError
+from monai_rd.bundle.command_line import check_overrides
+from monai_rd.data.checks import describe_error
+from monai_rd.errors import CheckpointMismatchError, DataCheckError, MonaiRDError, NonFiniteError, OptionError
+from monai_rd.utils.files import write_json_atomic
 
-__all__ = ["FORMATS", "bundle_network", "export_model", "export_to_file", "load_exported", "main", "preprocess_images"]
+__all__ = [
+    "FORMATS",
+    "bundle_network",
+    "export_model",
+    "export_to_file",
+    "load_exported",
+    "main",
+    "preprocess_images",
+    "write_export_metadata",
+]
 
 logger = logging.getLogger("monai_rd.export")  # not "__main__" under `python -m`
 
@@ -54,6 +71,7 @@ def _parser(bundle: str, overrides: Mapping[str, Any]) -> ConfigParser:
     config = os.path.join(bundle, "configs", "inference.json")
     if not os.path.isfile(config):
         raise OptionError(f"--bundle {bundle}: {config} does not exist; pass a bundle folder (e.g. bundles/rd_demo).")
+    check_overrides(overrides, config, source="the export command line")
     parser = ConfigParser()
     parser.read_config(config)
     parser.update({"bundle_root": bundle, **overrides})
@@ -82,8 +100,9 @@ def bundle_network(
     overrides = dict(overrides or {})
     if ckpt is not None:
         overrides.setdefault("ckpt_dir", os.path.dirname(os.path.abspath(ckpt)))
+        overrides.setdefault("model_file", os.path.abspath(ckpt))
     parser = _parser(bundle, overrides)
-    ckpt = ckpt or os.path.join(parser.get_parsed_content("ckpt_dir"), "model.pt")
+    ckpt = ckpt or parser.get_parsed_content("model_file")
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist; train the bundle first, or pass --ckpt <model.pt>.")
     net = parser.get_parsed_content("network_def", instantiate=True)
@@ -137,10 +156,23 @@ def preprocess_images(
     transform = parser.get_parsed_content("preprocessing")
     inferer = parser.get_parsed_content("inferer") if crop_to_window and "inferer" in parser else None
     window = ResizeWithPadOrCrop(inferer.roi_size) if isinstance(inferer, SlidingWindowInferer) else None
-    tensors = []
+    tensors, bad = [], []
     for it in items:
-        image = transform(dict(it))["image"]
-        tensors.append(convert_to_tensor(window(image) if window else image, track_meta=False).float())
+        try:
+            image = transform(dict(it))["image"]
+        except Exception as e:  # a check image that cannot be read is the user's to replace: name it
+            bad.append(f"{it['image']}: not read ({describe_error(e)})")
+            continue
+        image = convert_to_tensor(window(image) if window else image, track_meta=False).float()
+        if not torch.isfinite(image).all():
+            bad.append(f"{it['image']}: NaN or infinite values after the bundle's preprocessing")
+            continue
+        tensors.append(image)
+    if bad:
+        raise DataCheckError(
+            f"{len(bad)} of the check images under {folder!r} cannot be used: " + "; ".join(bad) + ". Remove them, "
+            "or pass --images <a folder of a few good images>."
+        )
     shapes = sorted({tuple(t.shape) for t in tensors})
     if len(shapes) > 1:
         raise DataCheckError(
@@ -232,6 +264,12 @@ def export_model(
     example = x if len(x) > 1 else x.repeat(2, *[1] * (x.dim() - 1))  # 2D (B, C, H, W) or 3D (B, C, D, H, W)
     with torch.no_grad():
         expected = net(x)
+    if not torch.isfinite(expected).all():
+        raise NonFiniteError(
+            f"the model {parser.get_parsed_content('model_file')} gives NaN or infinite logits on the (finite) check "
+            f"images {paths}: its weights are not finite (a diverged run?). Export a model from a run that trained "
+            "normally."
+        )
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(out)}.{secrets.token_hex(4)}.tmp")
@@ -242,7 +280,7 @@ def export_model(
         with torch.no_grad():
             batch_diff = float((run(x) - expected).abs().max())
             single_diff = max(float((run(x[i : i + 1]) - expected[i : i + 1]).abs().max()) for i in range(len(x)))
-        if not max(batch_diff, single_diff) <= atol:  # also catches NaN
+        if not max(batch_diff, single_diff) <= atol:  # also catches NaN (the eager logits are finite here)
             raise RuntimeError(
                 f"the {fmt} export of {bundle} gives logits up to {max(batch_diff, single_diff):.3g} away from the "
                 f"eager model on {len(paths)} images (allowed {atol}); it was not written. Report this with the bundle "
@@ -255,16 +293,40 @@ def export_model(
     report = {
         "format": fmt,
         "out": os.path.abspath(out),
-        "checkpoint": ckpt or os.path.join(parser.get_parsed_content("ckpt_dir"), "model.pt"),
+        "checkpoint": parser.get_parsed_content("model_file"),
         "images": paths,
         "batch_max_abs_diff": batch_diff,
         "single_max_abs_diff": single_diff,
     }
+    report["metadata"] = write_export_metadata(bundle, parser.get_parsed_content("model_spec"), report)
     logger.info(
         f"{fmt} export written to {report['out']}: logits within {max(batch_diff, single_diff):.2g} of the eager model "
         f"on {len(paths)} real images (batch and one by one)."
     )
     return report
+
+
+def write_export_metadata(bundle: str, spec: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    """Write ``<out>.metadata.json`` beside an export: the bundle's MONAI metadata with the trained model's own
+    ``network_data_format`` (input channels and size, classes), the model's spec, and the export's check.
+
+    Args:
+        bundle: the bundle folder (its ``configs/metadata.json`` is the base, when it has one).
+        spec: the trained model's spec (``model_meta.json``).
+        report: the export's report (format, file, checkpoint, check images and differences).
+
+    Returns:
+        The path written.
+    """
+    base = os.path.join(bundle, "configs", "metadata.json")
+    meta = dict(ConfigParser.load_config_file(base)) if os.path.isfile(base) else {}
+    meta["network_data_format"] = spec["network_data_format"]
+    meta["monai_rd_model"] = dict(spec)
+    checked = ("format", "checkpoint", "batch_max_abs_diff", "single_max_abs_diff")
+    meta["monai_rd_export"] = {k: report[k] for k in checked}
+    path = f"{report['out']}.metadata.json"
+    write_json_atomic(meta, path)
+    return path
 
 
 def _parse_overrides(extra: Sequence[str]) -> dict[str, Any]:

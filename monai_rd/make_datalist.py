@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fnmatch
 import logging
 import os
 import sys
@@ -40,8 +39,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from monai_rd.data.checks import check_datalist
-from monai_rd.data.datalist import IMAGE_EXTENSIONS, load_json, load_saved_datalist, split_datalist
-from monai_rd.data.dicom_reader import is_dicom_file
+from monai_rd.data.datalist import NewDatalist, load_json, load_saved_datalist, split_datalist
+from monai_rd.data.finder import IMAGE_EXTENSIONS, FoundFiles, find_images
 from monai_rd.errors import DataCheckError, OptionError, OutputFolderError
 from monai_rd.transforms.load_image_2d import LoadImage2D
 from monai_rd.utils.constants import SPLITS
@@ -54,6 +53,7 @@ __all__ = [
     "make_datalist",
     "read_table",
     "scan_class_folders",
+    "write_datalist",
 ]
 
 logger = logging.getLogger("monai_rd.make_datalist")  # not "__main__" under `python -m`
@@ -61,21 +61,13 @@ logger = logging.getLogger("monai_rd.make_datalist")  # not "__main__" under `py
 SPLIT_NAMES = {"training": "training", "train": "training", "validation": "validation", "val": "validation",
                "valid": "validation", "test": "test", "testing": "test"}
 GROUP_COLUMNS = ("group", "patient", "patient_id")
-_SKIPPED_NAMES = ("DICOMDIR",)  # a DICOM export's index, not an image
-
-
-def _is_image(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS) or is_dicom_file(path)
-
-
-def _excluded(name: str, exclude: Sequence[str]) -> bool:
-    return name.startswith(".") or name in _SKIPPED_NAMES or any(fnmatch.fnmatch(name, p) for p in exclude)
-
-
 def scan_class_folders(
     root: str, classes: Sequence[str] | None = None, exclude: Sequence[str] = ()
-) -> tuple[list[dict], list[str], list[str]]:
+) -> tuple[list[dict], list[str], dict[str, list[str]]]:
     """List ``root/<class>/**/<image>`` as items; a class folder's sub-folder is the group of the files under it.
+
+    Files are found by :func:`monai_rd.data.find_images` (an image extension, or DICOM by content whatever its name;
+    linked folders followed, each file listed once even when linked into two class folders).
 
     Args:
         root: folder holding one sub-folder per class.
@@ -83,8 +75,8 @@ def scan_class_folders(
         exclude: glob patterns of file names to skip (hidden files and ``DICOMDIR`` are always skipped).
 
     Returns:
-        ``(items, classes, ignored)``: ``{"image": absolute path, "label": int[, "group": sub-folder name]}``
-        sorted by path; the class names; the files that are not images (by name, or by the DICOM marker).
+        ``(items, classes, left_out)``: ``{"image": absolute path, "label": int[, "group": sub-folder name]}``
+        sorted by path; the class names; the files left out, by reason (see :class:`monai_rd.data.FoundFiles`).
 
     Raises:
         DataCheckError: ``root`` is not a folder, has no sub-folder, lacks a named class folder, or a class folder
@@ -107,32 +99,24 @@ def scan_class_folders(
         )
     if set(found) - set(classes):
         logger.info(f"sub-folder(s) {sorted(set(found) - set(classes))} of {root} are not in --classes: left out.")
-    items, ignored, empty = [], [], []
+    items, empty, seen = [], [], set()
+    left_out: dict[str, list[str]] = {}
     for label, cls in enumerate(classes):
         folder = os.path.join(root, cls)
-        n = len(items)
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            parts = os.path.relpath(dirpath, folder).split(os.sep)
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                if _excluded(name, exclude):
-                    continue
-                if not _is_image(path):
-                    ignored.append(path)
-                    continue
-                item = {"image": path, "label": label}
-                if parts[0] != ".":
-                    item["group"] = parts[0]
-                items.append(item)
-        if len(items) == n:
+        search = find_images(folder, exclude=exclude, seen=seen)
+        for reason, paths in search.left_out.items():
+            left_out.setdefault(reason, []).extend(paths)
+        if not search.items:
             empty.append(folder)
+        for it in search.items:
+            parts = os.path.relpath(os.path.dirname(it["image"]), folder).split(os.sep)
+            items.append({**it, "label": label, **({"group": parts[0]} if parts[0] != "." else {})})
     if empty:
         raise DataCheckError(
             f"class folder(s) {empty} hold no image ({', '.join(IMAGE_EXTENSIONS)} or DICOM files): add images of "
             "that class, or leave the class out (--classes)."
         )
-    return sorted(items, key=lambda it: it["image"]), classes, ignored
+    return sorted(items, key=lambda it: it["image"]), classes, left_out
 
 
 def _class_order(names: Sequence[str]) -> list[str]:
@@ -299,17 +283,13 @@ def make_datalist(
     if not os.path.exists(source):
         raise DataCheckError(f"{source} does not exist: pass a folder of class sub-folders, or a CSV/JSON table.")
     if os.path.isdir(source):
-        items, classes, ignored = scan_class_folders(source, classes, exclude)
+        items, classes, left_out = scan_class_folders(source, classes, exclude)
         dataset_dir = source
+        report = FoundFiles(source, items, left_out)
+        report.log("image")
     else:
         items, classes = read_table(source, classes)
-        ignored = []
         dataset_dir = os.path.commonpath([os.path.dirname(it["image"]) for it in items])
-    if ignored:
-        logger.warning(
-            f"{len(ignored)} file(s) are not images and are left out, e.g. {ignored[:3]} (by extension "
-            f"{', '.join(IMAGE_EXTENSIONS)}, or the DICOM marker)."
-        )
     empty = [c for k, c in enumerate(classes) if not any(it["label"] == k for it in items)]
     if empty:
         raise DataCheckError(
@@ -351,10 +331,17 @@ def make_datalist(
         "class_counts": counts,
     }
     splits = {s: [{k: v for k, v in it.items() if k != "split"} for it in splits[s]] for s in SPLITS}
+    made = {**meta, **splits}
     if out:
-        relative = {s: [{**it, "image": os.path.relpath(it["image"], dataset_dir)} for it in splits[s]] for s in SPLITS}
-        write_json_atomic({**meta, **relative}, out)
-    return {**meta, **splits}
+        write_datalist(made, out)
+    return made
+
+
+def write_datalist(made: Mapping[str, Any], out: str) -> None:
+    """Write a datalist of :func:`make_datalist` to ``out`` (atomically), paths relative to its ``dataset_dir``."""
+    root = made["dataset_dir"]
+    relative = {s: [{**it, "image": os.path.relpath(it["image"], root)} for it in made[s]] for s in SPLITS}
+    write_json_atomic({**made, **relative}, out)
 
 
 def datalist_class_names(datalist_json: str | None = None, dataset_dir: str | None = None) -> list[str]:
@@ -407,7 +394,9 @@ def load_or_make_datalist(
 
     Returns:
         ``{"training", "validation", "test"}`` lists of ``{"image": absolute path, "label": int, ...}``. Files are
-        not read here: the bundle's ``check_datalist`` does that once, with its own loader.
+        not read here: the bundle's ``check_datalist`` does that once, with its own loader; a datalist built here
+        (a :class:`~monai_rd.data.datalist.NewDatalist`) is written to ``datalist_json`` only when that check
+        passes.
 
     Raises:
         DataCheckError: neither exists; the datalist's classes differ from ``class_names``; it is malformed.
@@ -416,10 +405,8 @@ def load_or_make_datalist(
     if not os.path.isfile(datalist_json):
         if not dataset_dir:
             datalist_class_names(datalist_json, dataset_dir)  # raises, saying what to pass
-        made = make_datalist(
-            dataset_dir, datalist_json, class_names, val_fraction, test_fraction, seed, check_files=False
-        )
-        return {s: made[s] for s in SPLITS}
+        made = make_datalist(dataset_dir, None, class_names, val_fraction, test_fraction, seed, check_files=False)
+        return NewDatalist({s: made[s] for s in SPLITS}, lambda: write_datalist(made, datalist_json))
     saved = load_json(datalist_json, what="datalist")
     if not isinstance(saved, dict):
         raise DataCheckError(

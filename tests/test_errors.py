@@ -52,3 +52,27 @@ def test_builtin_errors_raised_by_monai_rd_count_but_others_do_not(tmp_path):
         open(tmp_path / "missing")  # raised by Python, not by monai_rd: a bug to show in full
     except FileNotFoundError as e:
         assert find_rd_error(e) is None
+
+
+def test_a_full_disk_anywhere_in_the_chain_is_the_message(tmp_path):
+    """Catches ENOSPC (or torch.save's "file write failed", a RuntimeError) buried under MONAI's wrapper line: a
+    full disk is the user's to fix whoever raised it."""
+    import errno
+
+    from monai_rd.errors import DiskFullError
+
+    def wrapped(inner):
+        try:
+            try:
+                raise inner
+            except Exception as e:
+                raise RuntimeError("Failed to evaluate ConfigExpression") from e
+        except RuntimeError as outer:
+            return find_rd_error(outer)
+
+    err = wrapped(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "models" / "checkpoint.pt")))
+    assert isinstance(err, DiskFullError) and f"writing {tmp_path / 'models' / 'checkpoint.pt'} failed" in str(err)
+    torch_save = RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                              "data/3: file write failed")
+    assert "the disk is full: saving a checkpoint or model (torch.save) failed" in str(wrapped(torch_save))
+    assert wrapped(OSError(errno.EACCES, "Permission denied")) is None  # not ours, not a full disk: a bug shown in full

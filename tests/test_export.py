@@ -142,3 +142,55 @@ def test_a_3d_student_exports_from_one_volume(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(load_exported(str(out), "torch_export")(x.repeat(3, 1, 1, 1, 1)), net(x).repeat(3, 1),
                                    rtol=0, atol=1e-4)
+
+
+def test_bad_check_images_are_named_and_a_nan_image_is_not_blamed_on_the_exporter(tmp_path):
+    """Catches a corrupt check image failing the export without its name, and a NaN image reported as the
+    exporter's mismatch ("Report this with the bundle and torch version"), through the command line as typed."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "models").mkdir()
+    ckpt = _trained(tmp_path / "models", image_size=32)
+    images = tmp_path / "images"
+    images.mkdir()
+    pngs = sorted(os.listdir(IMAGES))[:3]
+    for name in pngs[:2]:
+        shutil.copy(os.path.join(IMAGES, name), images / name)
+    data = open(os.path.join(IMAGES, pngs[2]), "rb").read()
+    (images / "cut.png").write_bytes(data[: len(data) // 2])
+    nan = np.ones((32, 32), np.float32)
+    nan[0, 0] = np.nan
+    Image.fromarray(nan, mode="F").save(images / "nan.tif")
+    cmd = [sys.executable, "-m", "monai_rd.export", "--bundle", BUNDLE, "--ckpt", ckpt, "--format", "torch_export",
+           "--out", str(tmp_path / "m.pt2"), "--images", str(images)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("monai_rd.export: DataCheckError: 2 of the check images")
+    assert f"{images / 'cut.png'}: not read (OSError: image file is truncated)" in last
+    assert f"{images / 'nan.tif'}: NaN or infinite values" in last and "Report this" not in done.stderr
+    assert not os.path.exists(tmp_path / "m.pt2")
+
+
+def test_the_export_describes_the_trained_model_and_refuses_an_unknown_override(tmp_path, capsys):
+    """Catches an export whose metadata describes the bundle's defaults (224 px, the demo's 5 classes) instead of the
+    trained model, and a mistyped override ignored."""
+    import json
+
+    (tmp_path / "models").mkdir()
+    ckpt = _trained(tmp_path / "models", image_size=32, class_names=["a", "b", "c"])
+    out = tmp_path / "student.pt2"
+    args = ["--bundle", BUNDLE, "--ckpt", ckpt, "--format", "torch_export", "--out", str(out), "--images", IMAGES]
+    assert main(args) == 0
+    meta = json.load(open(f"{out}.metadata.json"))
+    fmt = meta["network_data_format"]
+    assert fmt["inputs"]["image"]["spatial_shape"] == [32, 32] and fmt["outputs"]["pred"]["num_channels"] == 3
+    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "a", "1": "b", "2": "c"}
+    assert meta["monai_rd_model"]["class_names"] == ["a", "b", "c"] and meta["version"]  # the bundle's metadata kept
+    assert meta["monai_rd_export"]["checkpoint"] == ckpt
+    assert main(args + ["--batch_sise", "2"]) == 1
+    assert "--batch_sise: did you mean --batch_size?" in capsys.readouterr().err

@@ -20,13 +20,15 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from monai_rd.errors import CheckpointMismatchError, OptionError
+from monai_rd.errors import CheckpointMismatchError, MissingModelError, OptionError
 
 __all__ = [
     "MODEL_SPEC_FILE",
     "SEGMENTATION_FIELDS",
     "SPEC_FORMAT",
     "as_class_names",
+    "check_export_metadata",
+    "deploys_teacher",
     "model_spec",
     "read_model_spec",
     "segmentation_model_spec",
@@ -135,14 +137,82 @@ def model_spec(
         "intensity": INTENSITY,
         "reading": json.loads(json.dumps(dict(reading or {}))),
         "network_data_format": {
-            "inputs": {"image": {"type": "image", "num_channels": int(in_channels), "spatial_shape": shape,
-                                 "dtype": "float32", "value_range": [0, 1]}},
-            "outputs": {"pred": {"type": "probabilities", "num_channels": len(names), "spatial_shape": [len(names)],
-                                 "dtype": "float32", "value_range": [0, 1],
+            "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "any",
+                                 "num_channels": int(in_channels), "spatial_shape": shape, "dtype": "float32",
+                                 "value_range": [0, 1], "is_patch_data": False}},
+            "outputs": {"pred": {"type": "probabilities", "format": "classes", "num_channels": len(names),
+                                 "spatial_shape": [len(names)], "dtype": "float32", "value_range": [0, 1],
+                                 "is_patch_data": False,
                                  "activation": "sigmoid" if multi_label else "softmax",
                                  "channel_def": {str(i): c for i, c in enumerate(names)}}},
         },
     }
+
+
+def deploys_teacher(method: str, task: str = "classification") -> bool:
+    """Whether a model trained with ``--method method`` is the teacher with a head (``probe``, ``finetune``,
+    ``lora``) rather than a student."""
+    from monai_rd.methods import TeacherBaseline, get_method_spec
+
+    return issubclass(get_method_spec(method, task=task).impl[task], TeacherBaseline)
+
+
+# what a deployment reads from MONAI's network_data_format, compared with the trained model's before an export
+_FORMAT_FIELDS = (
+    ("inputs", "image", "num_channels"),
+    ("inputs", "image", "spatial_shape"),
+    ("outputs", "pred", "num_channels"),
+    ("outputs", "pred", "channel_def"),
+)
+
+
+def _format_field(fmt: Any, keys: Sequence[str]) -> Any:
+    for key in keys:
+        fmt = fmt.get(key) if isinstance(fmt, dict) else None
+    if isinstance(fmt, dict):
+        return {str(k): str(v) for k, v in fmt.items()}
+    return [int(v) for v in fmt] if isinstance(fmt, list) and all(isinstance(v, (int, float)) for v in fmt) else fmt
+
+
+def check_export_metadata(meta: Any, spec: dict[str, Any], ckpt_dir: str) -> None:
+    """Refuse an export by MONAI's ``ckpt_export`` (or ``onnx_export``, ``trt_export``) that would embed metadata
+    describing another model than the trained one; elsewhere (``run``, ``monai_rd.export``) do nothing.
+
+    MONAI embeds the ``--meta_file`` as it is (by default the bundle's ``configs/metadata.json``, written for the
+    bundle's defaults): a model trained at 32 px for 3 classes would be shipped saying 224 px and 5 classes. The
+    inference recipe's ``network_def`` requires this check, so it runs whenever an exporter builds the network
+    (after the exporter's own ``--key`` overrides are checked: :func:`~monai_rd.bundle.check_command_line`).
+
+    Args:
+        meta: the metadata the exporter will embed (the config's ``_meta_``).
+        spec: the trained model's spec (:func:`read_model_spec`).
+        ckpt_dir: the model's folder (for the message).
+
+    Raises:
+        OptionError: the metadata's input channels or size, or its output classes, differ from the model's (names
+            both, and the override that embeds the model's own description).
+    """
+    from monai_rd.bundle.command_line import EXPORT_COMMANDS, check_command_line, running_command
+
+    if running_command() not in EXPORT_COMMANDS:
+        return
+    check_command_line()
+    given = meta.get("network_data_format") if isinstance(meta, dict) else None
+    if not given:
+        return
+    trained = spec["network_data_format"]
+    diff = [
+        f"{'#'.join(keys)}: {_format_field(given, keys)!r} (the model: {_format_field(trained, keys)!r})"
+        for keys in _FORMAT_FIELDS
+        if _format_field(given, keys) != _format_field(trained, keys)
+    ]
+    if diff:
+        spec_file = os.path.join(ckpt_dir, MODEL_SPEC_FILE)
+        raise OptionError(
+            "the metadata the export would embed (--meta_file) describes another model than the one in "
+            f"{ckpt_dir}: " + "; ".join(diff) + ". Embed the trained model's own description: add "
+            f"--_meta_#network_data_format \"%{spec_file}#network_data_format\" to the command."
+        )
 
 
 def spec_fields(task: str) -> tuple[str, ...]:
@@ -235,13 +305,24 @@ def write_model_spec(spec: dict[str, Any], ckpt_dir: str) -> str:
     return path
 
 
-def read_model_spec(ckpt_dir: str, bundle_root: str, task: str = "classification", **options: Any) -> dict[str, Any]:
+def read_model_spec(
+    ckpt_dir: str,
+    bundle_root: str,
+    task: str = "classification",
+    model_file: str | None = None,
+    student_only: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
     """The spec of a trained model, checked against the bundle and the options the user gave.
 
     Args:
         ckpt_dir: the folder of ``model.pt`` and ``model_meta.json``.
         bundle_root: the bundle using the model; it must be the one that trained it.
         task: ``classification`` or ``segmentation``: the recipe reading the model.
+        model_file: the weights about to be loaded (e.g. ``<ckpt_dir>/model.pt``); when given it must exist (a run
+            that stopped or diverged before its first improving validation leaves ``model_meta.json`` alone).
+        student_only: refuse a model that deploys the teacher (``--method probe``, ``finetune``, ``lora``): its
+            ``model.pt`` holds the teacher's head, which inference and export (a student's network) cannot load.
         options: ``method`` (a model trained before monai_rd recorded its method counts as this, or ``rd``);
             classification: ``class_names``, ``image_size``, ``in_channels``, ``multi_label``, ``student``,
             ``spatial_dims`` and the reading options (``frame``, ``window``, ...); segmentation: the
@@ -253,8 +334,9 @@ def read_model_spec(ckpt_dir: str, bundle_root: str, task: str = "classification
 
     Raises:
         FileNotFoundError: no ``model_meta.json`` beside the model.
+        MissingModelError: ``model_file`` is given and does not exist.
         CheckpointMismatchError: the model was trained by another bundle or for another task, by another monai_rd
-            version (major.minor), or with an unknown spec format.
+            version (major.minor), or with an unknown spec format; with ``student_only``, it deploys the teacher.
         OptionError: a given option contradicts the model (names both values).
     """
     from monai_rd import __version__
@@ -264,6 +346,12 @@ def read_model_spec(ckpt_dir: str, bundle_root: str, task: str = "classification
         raise FileNotFoundError(
             f"{path} is missing: it records the input size, channels and classes the model in {ckpt_dir} was trained "
             "with, and training writes it beside model.pt. Point --ckpt_dir at a training run's models folder."
+        )
+    if model_file is not None and not os.path.isfile(model_file):
+        raise MissingModelError(
+            f"{model_file} does not exist, though {path} does: the training run in {ckpt_dir} saved no model (model.pt "
+            "is written at the first validation that improves; a run stopped or diverged before that saves none: "
+            "see its log). Continue it with --resume true or train again, or point --ckpt_dir at a finished run."
         )
     with open(path) as f:
         spec = json.load(f)
@@ -292,6 +380,13 @@ def read_model_spec(ckpt_dir: str, bundle_root: str, task: str = "classification
     if trained_task != task:
         raise CheckpointMismatchError(
             f"the model in {ckpt_dir} is a {trained_task} model ({path}); this {task} recipe cannot use it."
+        )
+    if student_only and deploys_teacher(spec["method"], task):
+        raise CheckpointMismatchError(
+            f"the model in {ckpt_dir} was trained with --method {spec['method']} ({path}): it deploys the frozen "
+            "teacher with a head, and its model.pt holds only that head (and the teacher's adaptation), not a "
+            "student. Inference and export serve a student: test it with the bundle's evaluate.json (which builds "
+            "the teacher), or train a student to deploy (--method rd, kd, student, ...)."
         )
     if task == "segmentation":
         return _check_segmentation_options(spec, path, options)

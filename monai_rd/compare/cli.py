@@ -9,8 +9,11 @@ Usage::
 Each (method, student, seed) is trained by ``python -m monai.bundle run`` with the bundle's ``train.json`` and
 ``--method``/``--student``/``--seed`` (same data, schedule and checkpoint selection for every method), in its
 own ``<out>/runs/<method>/<student>/seed<k>/``, then tested with ``evaluate.json``. Invoking the same command
-again skips the runs that have test metrics and resumes the others. ``<out>`` gets ``results.csv`` (one row per
-run), ``results.md`` (mean ± sd over seeds, method x student, accuracy and AUC) and plots.
+again skips the runs that have test metrics and resumes the others; each run records its settings
+(``settings.json``), and a command whose settings (``--set`` values, the bundle's options, a datalist's content)
+differ from those of a run already in ``<out>`` is refused before anything runs: use another ``--out``. A
+``--set`` key the bundle does not have is refused with the closest known ones. ``<out>`` gets ``results.csv`` (one
+row per run), ``results.md`` (mean ± sd over seeds, method x student, accuracy and AUC) and plots.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from monai_rd.bundle.command_line import check_overrides
 from monai_rd.compare.grid import GridRun, bundle_default, parse_overrides, plan_grid, run_grid
 from monai_rd.methods import METHODS
 from monai_rd.errors import MonaiRDError, OptionError
@@ -78,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--bundle {args.bundle!r} has no configs/train.json; pass a bundle folder such as bundles/rd_demo."
             )
         overrides = parse_overrides(args.set)
+        configs = os.path.join(args.bundle, "configs")
+        check_overrides(overrides, [os.path.join(configs, f) for f in ("train.json", "evaluate.json")], source="--set")
         students = args.students or [str(bundle_default(args.bundle, "student") or "resnet18")]
         bundle = os.path.abspath(args.bundle)
         os.makedirs(args.out, exist_ok=True)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from monai_rd.compare.settings import check_recorded_settings, record_settings, run_settings
 from monai_rd.errors import OptionError
 
 __all__ = ["GridRun", "bundle_default", "parse_overrides", "plan_grid", "run_grid"]
@@ -104,7 +105,9 @@ def run_grid(
 ) -> tuple[list[GridRun], list[tuple[GridRun, str]]]:
     """Train and test every run that has no test metrics yet; resume the ones a previous invocation left.
 
-    For each run: ``test_metrics.json`` present -> skipped. Otherwise training, unless ``train.done`` says it
+    First, every run folder that already holds a run must have been made with this call's settings (its
+    ``settings.json``, :mod:`monai_rd.compare.settings`): otherwise nothing runs. For each run:
+    ``test_metrics.json`` present -> skipped. Otherwise training, unless ``train.done`` says it
     finished: with ``--resume true`` from its newest ``checkpoint_epoch=N.pt``, else afresh (``--overwrite true``
     when a killed run left files without a checkpoint; they are moved aside, never deleted); then the bundle's
     ``evaluate.json`` on the test split. Each command's output goes to ``train.log``/``test.log`` in the run's
@@ -121,18 +124,24 @@ def run_grid(
 
     Returns:
         ``(finished runs, [(failed run, its last log line)])``.
+
+    Raises:
+        OutputFolderError: a run folder holds a run made with other settings, or unknown ones.
     """
     overrides = dict(overrides or {})
     configs = os.path.join(bundle, "configs")
     train_cfg = os.path.join(configs, "train.json")
     eval_cfg = f"['{train_cfg}','{os.path.join(configs, 'evaluate.json')}']"
+    settings = {r: run_settings(bundle, r, overrides) for r in runs}
+    if runs:
+        check_recorded_settings(os.path.commonpath([r.folder for r in runs]), runs, settings)
     todo = [r for r in runs if not os.path.isfile(r.test_metrics)]
     log(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already tested, {len(todo)} to run")
     finished = [r for r in runs if r not in todo]
     failed: list[tuple[GridRun, str]] = []
     spent: dict[str, list[float]] = {}  # seconds per finished run, by method: methods differ in cost
     for i, run in enumerate(todo, 1):
-        os.makedirs(run.folder, exist_ok=True)
+        record_settings(run, settings[run])
         start = time.time()
         step = f"[{i}/{len(todo)}] {run.label}"
         done_marker = os.path.join(run.folder, TRAIN_DONE)

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections import Counter
@@ -28,12 +29,12 @@ from monai.data import PILReader
 from monai.transforms import LoadImage
 from monai.utils import convert_to_numpy
 
-from monai_rd.data.datalist import load_json
+from monai_rd.data.datalist import NewDatalist, load_json
 from monai_rd.data.pil_modes import convert_to_displayed_mode
-from monai_rd.errors import DataCheckError, OutputFolderError
+from monai_rd.errors import DataCheckError, DiskFullError, OutputFolderError
 from monai_rd.utils.constants import SPLITS
 
-__all__ = ["check_datalist", "check_writable", "default_image_loader"]
+__all__ = ["check_datalist", "check_free_space", "check_writable", "default_image_loader", "describe_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,12 @@ class _FileResult:
 _Found = list[tuple[tuple[int, int], str]]  # ((split position, item index), message)
 
 
-def _reason(e: BaseException) -> str:
+def describe_error(e: BaseException) -> str:
+    """An error in one line: its type and first line (for MONAI's "cannot find a suitable reader" error, the
+    first reader's own error; under MONAI's "applying transform ..." wrapper, the error it wraps), at most 200
+    characters."""
+    while isinstance(e, RuntimeError) and str(e).startswith("applying transform") and e.__cause__ is not None:
+        e = e.__cause__
     text = str(e).strip()
     m = _ERROR_LINE.search(text) if isinstance(e, RuntimeError) else None
     reason = f"{m.group(1)}: {m.group(2)}" if m else f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
@@ -104,8 +110,8 @@ def _inspect_file(
     except Exception as e:  # any failure to decode is this file's problem, reported with the others
         return _FileResult(
             problems=[
-                f"cannot be decoded as an image ({_reason(e)}); it is corrupt, truncated or not an image despite "
-                "its extension: re-export it (PNG, JPEG, NIfTI, DICOM) or remove the item"
+                f"cannot be decoded as an image ({describe_error(e)}); it is corrupt, truncated or not an image "
+                "despite its extension: re-export it (PNG, JPEG, NIfTI, DICOM) or remove the item"
             ]
         )
     out = _FileResult()
@@ -192,7 +198,8 @@ def check_datalist(
     ``check_duplicates``, that no image is in two splits, either as the same file (same resolved path) or as the
     same pixels (SHA-256 of the decoded array, its dtype and shape, so byte-identical copies and lossless
     re-encodings under another name are found; resized or lossy re-saved copies are not). A class with no item
-    (multi-label: no positive) in a split is not an error, but is logged and listed under ``absent_classes``:
+    (multi-label: no positive) in ``training`` is refused: it cannot be learned. In another split it is not an
+    error, but is logged and listed under ``absent_classes``:
     its recall and ROC-AUC are undefined on that split.
 
     Args:
@@ -252,18 +259,33 @@ def check_datalist(
         results = {p: inspect(p) for p in files}
 
     counts = {s: Counter() for s in splits}
+    mislabelled: set[str] = set()  # splits with a bad or missing label: their class counts are incomplete
     for e in entries:
         found += [((e.pos, e.index), f"{e.where}: {p}") for p in results[e.norm].problems]
         if e.label is not _NO_LABEL:  # a missing label is reported with the structure
             problem, marked = _label_problem(e.label, class_names, multi_label)
             if problem:
                 found.append(((e.pos, e.index), f"{e.where}: {problem}"))
+                mislabelled.add(e.split)
             counts[e.split].update(marked)
     within = {s: 0 for s in splits}
     if check_duplicates:
         found += _leaks(entries, results, splits, within)
+    train = SPLITS[0]
+    listed = train in labelled and train not in mislabelled and isinstance(datalist.get(train), list) and bool(
+        datalist[train]
+    )
+    untrained = [c for k, c in enumerate(class_names) if not counts[train][k]] if listed else []
+    if untrained:
+        what = "positive item" if multi_label else "item"
+        found.append(((labelled.index(train), -1), (
+            f"{train} has no {what} of class(es) {untrained}: the model cannot learn them (their recall would be 0, "
+            f"their ROC-AUC undefined); add {train} images of them, or leave them out of --class_names"
+        )))
     if found:
         raise DataCheckError(_format([text for _, text in sorted(found, key=lambda f: f[0])], source, max_reported))
+    if isinstance(datalist, NewDatalist):
+        datalist.save()  # a new split is kept only once its files passed
 
     summary = {
         "num_items": {s: len(datalist[s]) for s in splits},
@@ -394,3 +416,37 @@ def check_writable(*folders: str | os.PathLike) -> list[str]:
             "permissions:\n" + "\n".join(f"  - {p}" for p in problems)
         )
     return out
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str) -> int:
+    """Check that the disk of ``folder`` has room for ``needed`` more bytes, before a run writes them.
+
+    Args:
+        folder: where the files go (it, or its nearest existing parent, is measured).
+        needed: the bytes about to be written (an estimate: e.g. a checkpoint and ``model.pt``).
+        what: what they are, for the message.
+
+    Returns:
+        The free bytes.
+
+    Raises:
+        DiskFullError: fewer than ``needed`` bytes are free (names the folder, both sizes and what to do).
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise DiskFullError(
+            f"{folder} has {_size(free)} free on its disk, but {what} needs about {_size(needed)}: free space there, "
+            "or write the run to another disk (--ckpt_dir, --output_dir)."
+        )
+    return free

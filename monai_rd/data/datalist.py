@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import fnmatch
 import json
 import os
 import re
@@ -13,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from monai_rd.data.finder import IMAGE_EXTENSIONS, find_images
 from monai_rd.errors import DataCheckError, OptionError
 from monai_rd.utils.constants import SPLITS, UNLABELLED_SPLIT
 from monai_rd.utils.files import write_json_atomic
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "NewDatalist",
     "list_class_folder",
-    "list_images",
-    "list_volumes",
     "load_json",
     "load_saved_datalist",
     "make_class_folder_datalist",
@@ -31,7 +30,6 @@ __all__ = [
     "split_datalist",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
 
 
 def load_json(path: str, what: str = "JSON file") -> Any:
@@ -61,6 +59,26 @@ def load_json(path: str, what: str = "JSON file") -> Any:
         raise DataCheckError(f"{what} {path} cannot be read ({e}).") from e
 
 
+class NewDatalist(dict):
+    """A split just made and not yet written: its ``save()`` writes it, and :func:`monai_rd.data.check_datalist`
+    calls it once every file passed, so a failed data check leaves no datalist behind.
+
+    Args:
+        splits: the ``{split: items}`` datalist.
+        save: writes it (called once).
+    """
+
+    def __init__(self, splits: Mapping[str, list[dict]], save: Callable[[], Any]) -> None:
+        super().__init__(splits)
+        self._save: Callable[[], Any] | None = save
+
+    def save(self) -> None:
+        """Write the split (once; later calls do nothing)."""
+        if self._save is not None:
+            self._save()
+            self._save = None
+
+
 def save_datalist(datalist: Mapping[str, list[dict]], datalist_json: str, dataset_dir: str, **meta) -> None:
     """Write a datalist with image paths relative to ``dataset_dir`` plus ``meta`` fields (atomically).
 
@@ -73,6 +91,13 @@ def save_datalist(datalist: Mapping[str, list[dict]], datalist_json: str, datase
     root = os.path.abspath(dataset_dir)
     rel = {s: [{**it, "image": os.path.relpath(it["image"], root)} for it in datalist[s]] for s in SPLITS}
     write_json_atomic({**meta, **rel}, datalist_json)
+
+
+# what to do when a saved split is not this run's: never "delete it", which may be a bundle's shipped split
+_ANOTHER_SPLIT = (
+    "pass --datalist_json <a new file, e.g. in your --ckpt_dir> to split {dataset_dir} anew (delete {path} only if "
+    "it is a split you made and no longer want)"
+)
 
 
 def load_saved_datalist(datalist_json: str, dataset_dir: str, **expected) -> dict[str, list[dict]]:
@@ -100,7 +125,9 @@ def load_saved_datalist(datalist_json: str, dataset_dir: str, **expected) -> dic
         value = list(value) if isinstance(value, tuple) else value
         if saved.get(key) != value:
             raise DataCheckError(
-                f"{datalist_json} was written with {key}={saved.get(key)!r}, not {value!r}; delete it to re-split."
+                f"{datalist_json} was written with {key}={saved.get(key)!r}, but this run has {value!r}: it is the "
+                f"split of another dataset or setting: "
+                f"{_ANOTHER_SPLIT.format(dataset_dir=dataset_dir, path=datalist_json)}."
             )
     absent = [s for s in SPLITS if s not in saved]
     if absent:
@@ -129,9 +156,11 @@ def load_saved_datalist(datalist_json: str, dataset_dir: str, **expected) -> dic
     out = {s: [{**it, "image": os.path.join(root, it["image"])} for it in saved[s]] for s in splits}
     missing = [it["image"] for s in splits for it in out[s] if not os.path.isfile(it["image"])]
     if missing:
+        total = sum(len(out[s]) for s in splits)
         raise FileNotFoundError(
-            f"{len(missing)} images listed in {datalist_json} are missing, first: {missing[0]}; restore them, or "
-            "delete the datalist to re-split."
+            f"{len(missing)} of the {total} images listed in {datalist_json} are not under {root}, first: "
+            f"{missing[0]}. If the datalist is the split of another dataset (e.g. a bundle's own), "
+            f"{_ANOTHER_SPLIT.format(dataset_dir=root, path=datalist_json)}; if images were removed, restore them."
         )
     return out
 
@@ -181,115 +210,26 @@ def list_class_folder(
     """
     if not os.path.isdir(dataset_dir):
         raise FileNotFoundError(f"dataset folder {dataset_dir!r} does not exist.")
-    items = []
+    items: list[dict] = []
+    seen: set = set()  # a file linked into two class folders is listed once
     for label, cls in enumerate(classes):
         folder = os.path.join(dataset_dir, cls)
         if not os.path.isdir(folder):
-            found = sorted(d for d in os.listdir(dataset_dir) if os.path.isdir(os.path.join(dataset_dir, d)))
+            folders = sorted(d for d in os.listdir(dataset_dir) if os.path.isdir(os.path.join(dataset_dir, d)))
             raise FileNotFoundError(
                 f"class folder {folder!r} is missing; expected one folder per class {list(classes)} in "
-                f"{dataset_dir!r}, found {found}."
+                f"{dataset_dir!r}, found {folders}."
             )
-        files = sorted(
-            f
-            for f in os.listdir(folder)
-            if f.lower().endswith(tuple(e.lower() for e in extensions))
-            and not any(fnmatch.fnmatch(f, pat) for pat in exclude)
-        )
-        if not files:
-            raise ValueError(f"class folder {folder!r} holds no image with extension {tuple(extensions)}.")
-        items += [{"image": os.path.abspath(os.path.join(folder, f)), "label": label} for f in files]
+        found = find_images(folder, extensions, exclude, recursive=False, seen=seen)
+        if not found.items:
+            left = found.describe_left_out()
+            raise ValueError(
+                f"class folder {folder!r} holds no image with extension {tuple(extensions)} (nor a DICOM file)"
+                + (f"; left out: {left}." if left else ".")
+            )
+        found.log("image")
+        items += [{**it, "label": label} for it in found.items]
     return items
-
-
-def list_images(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True) -> list[dict]:
-    """All images under ``folder`` as ``{"image": path}`` items, sorted (an inference datalist).
-
-    Args:
-        folder: folder to search.
-        extensions: accepted file name endings (case-insensitive).
-        recursive: search sub-folders too.
-
-    Returns:
-        Items with absolute paths.
-
-    Raises:
-        FileNotFoundError: ``folder`` is missing or holds no image (names it and the extensions).
-    """
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"input folder {folder!r} does not exist; pass --input_dir <folder of images>.")
-    exts = tuple(e.lower() for e in extensions)
-    found = []
-    for root, _, files in os.walk(folder):
-        found += [os.path.abspath(os.path.join(root, f)) for f in files if f.lower().endswith(exts)]
-        if not recursive:
-            break
-    if not found:
-        raise FileNotFoundError(f"no image with extension {tuple(extensions)} under {folder!r}.")
-    return [{"image": p} for p in sorted(found)]
-
-
-def _is_dicom(path: str) -> bool:
-    """A DICOM file: the ``.dcm`` suffix, or the ``DICM`` marker after the 128-byte preamble (scanner exports
-    often have no suffix)."""
-    if path.lower().endswith(".dcm"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
-def _series_uids(folder: str, files: Sequence[str]) -> set[str]:
-    import pydicom
-
-    uids = set()
-    for f in files:
-        try:
-            ds = pydicom.dcmread(os.path.join(folder, f), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-        except Exception as e:  # pydicom raises several types for a damaged file
-            raise DataCheckError(f"{os.path.join(folder, f)} is not a readable DICOM file ({e}).") from e
-        uids.add(str(getattr(ds, "SeriesInstanceUID", "")))
-    return uids
-
-
-def list_volumes(folder: str, extensions: Sequence[str] = (".nii", ".nii.gz")) -> list[dict]:
-    """The volumes under ``folder`` as ``{"image": path}`` items, sorted (a segmentation inference datalist):
-    every NIfTI file, and every folder of DICOM files as one volume (MONAI's ``PydicomReader`` reads a folder as one
-    series, sorted by slice position, in Hounsfield units).
-
-    Args:
-        folder: folder to search, recursively.
-        extensions: volume file name endings (case-insensitive) besides DICOM series.
-
-    Returns:
-        Items with absolute paths: a file for a NIfTI volume, a folder for a DICOM series.
-
-    Raises:
-        FileNotFoundError: ``folder`` is missing or holds no volume.
-        DataCheckError: a folder holds DICOM files of more than one series (they would be stacked into one
-            volume), or a DICOM file that cannot be read; names the folder.
-    """
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"input folder {folder!r} does not exist; pass --input_dir <folder of volumes>.")
-    exts = tuple(e.lower() for e in extensions)
-    found = []
-    for root, _, files in os.walk(folder):
-        found += [os.path.abspath(os.path.join(root, f)) for f in files if f.lower().endswith(exts)]
-        dicom = sorted(f for f in files if not f.lower().endswith(exts) and _is_dicom(os.path.join(root, f)))
-        if not dicom:
-            continue
-        uids = _series_uids(root, dicom)
-        if len(uids) > 1:
-            raise DataCheckError(
-                f"{root} holds DICOM files of {len(uids)} series ({', '.join(sorted(uids))}); a folder is read as one "
-                "volume, so put each series in a folder of its own."
-            )
-        found.append(os.path.abspath(root))
-    if not found:
-        raise FileNotFoundError(f"no volume (a file ending {tuple(extensions)} or a folder of DICOM files) under {folder!r}.")
-    return [{"image": p} for p in sorted(found)]
 
 
 def _group_key(path: str, pattern: str, group_size: int) -> str:
@@ -456,11 +396,13 @@ def make_class_folder_datalist(
     shuffle_groups: bool = True,
     missing_message: str | None = None,
 ) -> dict[str, list[dict]]:
-    """List a class-folder dataset, split it, and keep the split in a datalist JSON.
+    """List a class-folder dataset, split it, and keep the split in a datalist JSON once its files are checked.
 
     If ``datalist_json`` exists it is read instead (so a split is fixed once written), after checking that
     every file in it still exists and that its classes match. Paths in the JSON are relative to
-    ``dataset_dir``.
+    ``dataset_dir``. A new split is returned as a :class:`NewDatalist` and written to ``datalist_json`` only when
+    :func:`monai_rd.data.check_datalist` passes it (every bundle's ``initialize`` checks it), or by its ``save()``:
+    a split with a bad file is never kept, so fixing the data and running again splits again.
 
     Args:
         dataset_dir: folder of class folders.
@@ -476,7 +418,8 @@ def make_class_folder_datalist(
         missing_message: message of the error raised when ``dataset_dir`` is missing (e.g. where to get it).
 
     Returns:
-        ``{"training", "validation", "test"}`` lists of ``{"image": absolute path, "label": int}``.
+        ``{"training", "validation", "test"}`` lists of ``{"image": absolute path, "label": int}`` (a
+        :class:`NewDatalist` when the split was just made).
 
     Raises:
         FileNotFoundError: the dataset folder, a class folder, or a file listed in the JSON is missing.
@@ -489,5 +432,6 @@ def make_class_folder_datalist(
     items = list_class_folder(dataset_dir, classes, exclude=exclude)
     out = split_datalist(items, val_fraction, test_fraction, seed, group_pattern, group_size, shuffle_groups)
     if datalist_json:
-        save_datalist(out, datalist_json, dataset_dir, classes=list(classes), seed=seed)
+        meta = {"classes": list(classes), "seed": seed}
+        return NewDatalist(out, lambda: save_datalist(out, datalist_json, dataset_dir, **meta))
     return out

@@ -1,6 +1,7 @@
 """Ignite/MONAI handlers added by monai_rd."""
 
 from monai_rd.handlers.checkpoint_saver import BestModelSaver, CrashSafeCheckpointSaver
+from monai_rd.handlers.inference_report import InferenceReport
 from monai_rd.handlers.loss_weight_schedule import LinearLossWeight
 from monai_rd.handlers.metrics_from_evaluator import MetricsFromEvaluator
 from monai_rd.handlers.metrics_json import MetricsJSONWriter, to_jsonable
@@ -15,6 +16,7 @@ from monai_rd.handlers.training_curve import TrainingCurvePlotter
 __all__ = [
     "BestModelSaver",
     "CrashSafeCheckpointSaver",
+    "InferenceReport",
     "LinearLossWeight",
     "MetricsFromEvaluator",
     "MetricsJSONWriter",

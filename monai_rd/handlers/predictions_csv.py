@@ -1,10 +1,13 @@
-"""A ``CSVSaver`` whose CSV names its columns: the image, each class's probability, and the predicted label."""
+"""A ``CSVSaver`` whose CSV names its columns: the image, each class's probability, and the predicted label; an input
+that was not predicted (unreadable, or not finite) gets no row, never a class."""
 
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from monai.data import CSVSaver
 
@@ -15,7 +18,9 @@ class PredictionsCSVSaver(CSVSaver):
     """Writes ``image,<class 1>,...,<class C>,predicted`` rows (with that header) for ``ClassificationSaver``.
 
     ``predicted`` is the most probable class for single-label models, and the ``;``-joined classes with a
-    probability at or above ``threshold`` for multi-label ones.
+    probability at or above ``threshold`` for multi-label ones. An input whose status in ``statuses`` is not empty
+    (see :class:`monai_rd.handlers.InferenceReport`, which lists it in ``skipped.csv``), or whose probabilities are
+    not finite, gets no row: no class is ever written for an input the model could not score.
 
     Args:
         class_names: the model's classes, in output order.
@@ -23,6 +28,7 @@ class PredictionsCSVSaver(CSVSaver):
         threshold: the multi-label decision threshold.
         output_dir: folder of the CSV.
         filename: name of the CSV.
+        statuses: input path -> status (``""``: predicted), filled while the run goes (``InferenceReport.statuses``).
 
     Raises:
         ValueError: a saved row's length differs from the number of classes (names the file).
@@ -37,11 +43,13 @@ class PredictionsCSVSaver(CSVSaver):
         threshold: float = 0.5,
         output_dir: str = "./",
         filename: str = "predictions.csv",
+        statuses: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(output_dir=output_dir, filename=filename, overwrite=True)
         self.class_names = [str(c) for c in class_names]
         self.multi_label = multi_label
         self.threshold = threshold
+        self.statuses = statuses if statuses is not None else {}
 
     def finalize(self) -> None:
         """Write the header and the cached rows (one file per run, replaced atomically)."""
@@ -52,6 +60,8 @@ class PredictionsCSVSaver(CSVSaver):
             writer.writerow(["image", *self.class_names, "predicted"])
             for name, probs in self._cache_dict.items():
                 p = probs.flatten()
+                if self.statuses.get(name) or not np.isfinite(p).all():
+                    continue
                 if p.size != len(self.class_names):
                     raise ValueError(
                         f"the prediction for {name} has {p.size} values but {len(self.class_names)} class names "

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
+from monai_rd.data.checks import check_free_space
 from monai_rd.handlers.checkpoint_saver import CrashSafeCheckpointSaver
 from monai_rd.handlers.run_state import RunState
+from monai_rd.utils.ranks import on_rank0
 
 __all__ = ["RunCheckpoints"]
 
@@ -81,9 +83,28 @@ class RunCheckpoints:
         run_state = RunState(**self.run_state_kwargs, transforms=transforms, trainer=trainer)
         return {"run_state": run_state, **self.modules, "trainer": trainer, **self.parts}
 
+    def checkpoint_bytes(self) -> tuple[int, int]:
+        """``(checkpoint, model.pt)`` sizes to expect, in bytes: every tensor of the network and the parts, and the
+        optimizer's (AdamW's two moments per trainable value; they are created at its first step); ``model.pt`` is
+        the network alone."""
+        network = sum(t.numel() * t.element_size() for t in self.modules["network"].state_dict().values())
+        parts = sum(t.numel() * t.element_size() for m in self.parts.values() for t in m.state_dict().values())
+        trained = {id(p): p for group in self.modules["optimizer"].param_groups for p in group["params"]}
+        moments = 2 * sum(p.numel() * p.element_size() for p in trained.values() if p.requires_grad)
+        return network + parts + moments, network
+
+    def check_space(self) -> None:
+        """Before the first epoch: is there room for the epoch's checkpoint and ``model.pt``? (A full disk would
+        otherwise be found only when the first epoch ends.)"""
+        checkpoint, model = self.checkpoint_bytes()
+        check_free_space(self.save_dir, checkpoint + model, "a checkpoint and model.pt of this run")
+
     def attach(self, trainer: Engine) -> None:
-        """Load ``load_path`` when the trainer starts (if given), and save after every epoch."""
+        """Check the disk has room, load ``load_path`` when the trainer starts (if given), and save after every
+        epoch."""
         save_dict = self.save_dict(trainer)
+        # rank 0 measures its disk; every rank stops with its error (see on_rank0)
+        trainer.add_event_handler(Events.STARTED, lambda _: on_rank0(self.check_space))
         if self.load_path is not None:
             device = getattr(trainer.state, "device", None)  # MONAI trainers record theirs
             CheckpointLoader(load_path=self.load_path, load_dict=save_dict, map_location=device).attach(trainer)

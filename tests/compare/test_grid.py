@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from monai_rd.compare.grid import parse_overrides, plan_grid, run_grid
-from monai_rd.errors import OptionError
+from monai_rd.compare.settings import record_settings, run_settings
+from monai_rd.errors import OptionError, OutputFolderError
 
 FAKE = """#!{python}
 import json, os, sys
@@ -75,8 +76,13 @@ def test_fresh_grid_trains_then_tests_each_run_in_its_own_folder(tmp_path, fake)
     assert lines[-1].endswith("grid complete")
 
     lines.clear()
-    assert run_grid(bundle, runs, python=python, log=lines.append)[0] == runs
+    assert run_grid(bundle, runs, {"epochs": "1"}, python=python, log=lines.append)[0] == runs
     assert len(calls()) == 8 and lines == ["grid: 4 runs, 4 already tested, 0 to run"]  # nothing run again
+    # other settings are not tabulated as these runs: refused before anything runs
+    other = r"(?s)4 run\(s\) made with other settings.*epochs: recorded '1', now '2'"
+    with pytest.raises(OutputFolderError, match=other):
+        run_grid(bundle, runs, {"epochs": "2"}, python=python, log=lines.append)
+    assert len(calls()) == 8
 
 
 def test_stopped_runs_resume_from_their_checkpoint_or_restart_or_only_test(tmp_path, fake):
@@ -87,6 +93,8 @@ def test_stopped_runs_resume_from_their_checkpoint_or_restart_or_only_test(tmp_p
     os.makedirs(killed_early.output_dir)  # killed in epoch 1: metrics folder, no checkpoint
     os.makedirs(trained.ckpt_dir)
     open(os.path.join(trained.folder, "train.done"), "w").close()
+    for run in (checkpointed, killed_early, trained):  # left by an earlier call with the same settings
+        record_settings(run, run_settings(bundle, run, {}))
     lines = []
     run_grid(bundle, [checkpointed, killed_early, trained], python=python, log=lines.append)
     made = [_opts(a) for a in calls()]

@@ -54,12 +54,12 @@ def test_multi_label_counts_positives_and_checks_vectors(tmp_path):
     dl = {
         "training": [
             {"image": _png(d / "t0.png", 1), "label": [1, 0, 1]},
-            {"image": _png(d / "t1.png", 2), "label": [0.0, 0.0, 1.0]},
+            {"image": _png(d / "t1.png", 2), "label": [0.0, 1.0, 1.0]},
         ],
         "validation": [{"image": _png(d / "v0.png", 3), "label": [0, 1, 0]}],
     }
     summary = check_datalist(dl, CLASSES, multi_label=True, splits=("training", "validation"))
-    assert summary["class_counts"]["training"] == {"a": 1, "b": 0, "c": 2}
+    assert summary["class_counts"]["training"] == {"a": 1, "b": 1, "c": 2}
     assert summary["absent_classes"]["validation"] == ["a", "c"]
     dl["training"][0]["label"] = [1, 0]
     dl["training"][1]["label"] = [0, 2, 1]
@@ -120,12 +120,12 @@ def test_every_bad_file_and_label_is_in_one_message(tmp_path):
 def test_spatial_dims_and_cap_on_reported_problems(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((6, 5, 3), np.float32), np.eye(4)), tmp_path / "vol.nii.gz")
     dl = {"training": [{"image": str(tmp_path / "vol.nii.gz"), "label": 0}]}
-    assert check_datalist(dl, CLASSES, splits=("training",))["num_files"] == 1
+    assert check_datalist(dl, CLASSES[:1], splits=("training",))["num_files"] == 1
     with pytest.raises(DataCheckError, match=r"3 spatial dimensions where the pipeline takes 2"):
-        check_datalist(dl, CLASSES, splits=("training",), spatial_dims=2)
+        check_datalist(dl, CLASSES[:1], splits=("training",), spatial_dims=2)
     dl = {"training": [{"image": str(tmp_path / f"gone{i}.png"), "label": 0} for i in range(60)]}
     with pytest.raises(DataCheckError) as e:
-        check_datalist(dl, CLASSES, splits=("training",), max_reported=5)
+        check_datalist(dl, CLASSES[:1], splits=("training",), max_reported=5)
     msg = str(e.value)
     assert msg.startswith("60 problem(s) in the datalist (first 5 shown)") and msg.endswith("... and 55 more")
     assert msg.count("does not exist") == 5
@@ -151,7 +151,7 @@ def test_malformed_datalist_names_the_key(tmp_path):
         check_datalist(str(path), CLASSES)
     _png(tmp_path / "a.png")
     path.write_text('{"training": [{"image": "a.png", "label": 0}]}')
-    assert check_datalist(str(path), CLASSES, splits=("training",))["num_files"] == 1
+    assert check_datalist(str(path), CLASSES[:1], splits=("training",))["num_files"] == 1
 
 
 def test_duplicates_across_splits_by_path_and_by_pixels(tmp_path):
@@ -222,3 +222,39 @@ def test_check_writable_read_only_folder(tmp_path):
             check_writable(ro)
     finally:
         ro.chmod(0o755)
+
+
+def test_a_class_without_training_images_is_refused(tmp_path, caplog):
+    """Catches a class with no training image trained anyway (the only word was a warning that its recall and AUC
+    are undefined); a class missing from validation alone stays a warning."""
+    d = tmp_path / "img"
+    dl = {
+        "training": [{"image": _png(d / "t0.png", 1), "label": 0}, {"image": _png(d / "t1.png", 2), "label": 1}],
+        "validation": [{"image": _png(d / "v0.png", 3), "label": 2}],
+    }
+    with pytest.raises(DataCheckError, match=r"training has no item of class\(es\) \['c'\]: the model cannot learn"):
+        check_datalist(dl, CLASSES, splits=("training", "validation"))
+    dl["training"].append({"image": _png(d / "t2.png", 4), "label": 2})
+    assert check_datalist(dl, CLASSES, splits=("training", "validation"))["absent_classes"]["validation"] == ["a", "b"]
+    assert "validation has no item of class(es) ['a', 'b']" in caplog.text
+
+
+def test_a_new_split_is_written_only_once_its_files_pass_the_check(tmp_path):
+    """Catches a failed data check leaving <ckpt_dir>/datalist.json behind with the bad file in it: the rerun after
+    removing the file then failed with "delete the datalist"."""
+    from monai_rd.data import make_class_folder_datalist
+
+    for cls in CLASSES:
+        for i in range(5):
+            _png(tmp_path / "data" / cls / f"{cls}{i}.png", 10 * i + ord(cls))
+    (tmp_path / "data" / "a" / "broken.png").write_bytes(b"\x89PNG not really")
+    split = tmp_path / "split.json"
+    made = make_class_folder_datalist(str(tmp_path / "data"), CLASSES, str(split), val_fraction=0.2, test_fraction=0.2)
+    with pytest.raises(DataCheckError, match="broken.png: cannot be decoded"):
+        check_datalist(made, CLASSES)
+    assert not split.exists()
+    os.remove(tmp_path / "data" / "a" / "broken.png")
+    made = make_class_folder_datalist(str(tmp_path / "data"), CLASSES, str(split), val_fraction=0.2, test_fraction=0.2)
+    check_datalist(made, CLASSES)
+    saved = json.load(open(split))
+    assert saved["classes"] == CLASSES and sum(len(saved[s]) for s in ("training", "validation", "test")) == 15

@@ -55,6 +55,8 @@ def test_datalist_json_is_written_then_reused_and_checked(tmp_path):
     folder = _folder(tmp_path / "d")
     dl = str(tmp_path / "split.json")
     first = make_class_folder_datalist(str(folder), ["a", "b", "c"], dl, seed=3)
+    assert not os.path.exists(dl)  # written once checked (check_datalist), or saved explicitly
+    first.save()
     saved = json.load(open(dl))
     assert not os.path.isabs(saved["training"][0]["image"])  # portable: relative to the dataset folder
     # a new file does not change a split once written
@@ -63,7 +65,7 @@ def test_datalist_json_is_written_then_reused_and_checked(tmp_path):
     with pytest.raises(ValueError, match="classes"):
         make_class_folder_datalist(str(folder), ["a", "b"], dl)
     os.remove(first["test"][0]["image"])
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(FileNotFoundError, match="not under .* pass --datalist_json <a new file"):
         make_class_folder_datalist(str(folder), ["a", "b", "c"], dl)
 
 

@@ -183,6 +183,8 @@ def test_the_bundle_builds_the_datalist_once_and_refuses_other_classes(tmp_path)
     root = _class_folders(tmp_path / "data", lobes=("frontal", "temporal"))
     out = tmp_path / "models" / "datalist.json"
     first = load_or_make_datalist(str(out), str(root), ["frontal", "temporal"], seed=5)
+    assert not os.path.exists(out)  # written once the bundle's check_datalist passes it
+    first.save()
     assert os.path.isfile(out) and json.load(open(out))["seed"] == 5
     # written once: a later run with another seed reads the same split
     assert load_or_make_datalist(str(out), str(root), ["frontal", "temporal"], seed=6) == first

@@ -26,3 +26,15 @@ def test_multi_label_threshold_and_wrong_width(tmp_path):
     saver.save_batch(torch.tensor([[0.9, 0.1]]), {"filename_or_obj": ["y.png"]})
     with pytest.raises(ValueError, match="y.png has 2 values but 3 class names"):
         saver.finalize()
+
+
+def test_an_input_that_was_not_predicted_gets_no_row_and_never_a_class(tmp_path):
+    """Catches a skipped input (its placeholder's finite scores) or NaN probabilities written as a class (argmax of
+    NaN is the first class: `nan.tif,nan,...,cerebellum`)."""
+    statuses = {"a.png": "", "b.png": "not read: OSError: image file is truncated", "c.png": ""}
+    saver = PredictionsCSVSaver(["x", "y"], output_dir=str(tmp_path), statuses=statuses)
+    probs = torch.tensor([[0.2, 0.8], [0.5, 0.5], [float("nan"), float("nan")]])
+    saver.save_batch(probs, {"filename_or_obj": ["a.png", "b.png", "c.png"]})
+    saver.finalize()
+    rows = list(csv.reader(open(tmp_path / "predictions.csv")))
+    assert rows == [["image", "x", "y", "predicted"], ["a.png", "0.2", "0.8", "y"]]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import pickle
+import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +26,7 @@ from monai_rd.utils.files import atomic_path, file_sha256
 
 __all__ = [
     "CheckpointKeyError",
+    "UnsafeCheckpointError",
     "WeightsUnavailableError",
     "cache_dir",
     "check_sha256",
@@ -46,6 +49,11 @@ class WeightsUnavailableError(MonaiRDError, FileNotFoundError):
 
 class CheckpointKeyError(MonaiRDError, RuntimeError):
     """A checkpoint does not match the architecture key for key (strict loading)."""
+
+
+class UnsafeCheckpointError(MonaiRDError, RuntimeError):
+    """A weights file pickles Python objects (a whole model, a training checkpoint with extra objects), which
+    monai_rd does not unpickle: loading it would run code from the file."""
 
 
 def cache_dir() -> Path:
@@ -191,19 +199,36 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         The loaded object (usually a mapping of key to tensor, possibly nested, see :func:`extract_state_dict`).
 
     Raises:
-        RuntimeError: the file cannot be read safely (e.g. it pickles arbitrary objects or is a TorchScript archive).
+        UnsafeCheckpointError: the file pickles Python objects (names the first one, says what the file probably is
+            and how to convert it to a plain ``state_dict`` or safetensors).
+        CheckpointKeyError: the file is not a checkpoint torch can read (a TorchScript archive, or damaged).
     """
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types for a damaged or foreign file
+            raise CheckpointKeyError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}).") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"the Python object `{found.group(1)}`" if found else "Python objects"
+        raise UnsafeCheckpointError(
+            f"{path} is not a plain weights file: it pickles {what}, and monai_rd loads weights without unpickling "
+            "(that would run code from the file). It is probably a whole saved model (torch.save(model)) or a "
+            "training checkpoint with extra objects. Convert it once, with the code that saved it, where you trust "
+            "the file: load the model there and save its weights alone, `torch.save(model.state_dict(), "
+            "'weights.pt')` or `safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')`; then pass "
+            "that file."
+        ) from None  # torch's text suggests weakening the load: not an option here
     except Exception as e:
-        raise RuntimeError(
-            f"cannot read {path} with torch.load(weights_only=True): {e}. Only plain state_dict checkpoints "
-            "(tensors in dicts/lists) are accepted; for a TorchScript file use the name 'torchscript:<path>'."
+        raise CheckpointKeyError(
+            f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            "Only plain state_dict files (tensors in dicts/lists, or .safetensors) are accepted; for a TorchScript "
+            "file use the name 'torchscript:<path>'."
         ) from e
 
 

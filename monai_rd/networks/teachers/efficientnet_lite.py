@@ -10,6 +10,7 @@ import torch
 
 from monai_rd.networks.frozen_teacher import FrozenTeacher
 from monai_rd.networks.stage_taps import GraphTaps
+from monai_rd.networks.teachers.checkpoint import load_into, read_state_dict
 
 __all__ = ["efficientnet_lite0_teacher", "EFFICIENTNET_LITE0_STAGES", "EFFICIENTNET_LITE_MEAN", "EFFICIENTNET_LITE_STD"]
 
@@ -42,7 +43,8 @@ def efficientnet_lite0_teacher(
 
     Raises:
         FileNotFoundError: no weights path given and the weights package is not installed, or the path is missing.
-        RuntimeError: the checkpoint's keys do not match the architecture (strict loading).
+        CheckpointKeyError: the checkpoint's keys do not match the architecture (strict loading; names them).
+        UnsafeCheckpointError: the file pickles Python objects (a whole model): says how to save its weights.
     """
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -58,8 +60,7 @@ def efficientnet_lite0_teacher(
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"EfficientNet-Lite0 checkpoint {weights} does not exist.")
     model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    load_into(model, read_state_dict(weights), source=str(weights))  # strict; a mismatch names the keys
     return FrozenTeacher(
         model,
         input_size=tuple(input_size) if input_size is not None else (224, 224),

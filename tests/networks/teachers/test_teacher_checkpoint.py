@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from monai_rd.networks.teachers.checkpoint import (
     CheckpointKeyError,
+    UnsafeCheckpointError,
     WeightsUnavailableError,
     check_sha256,
     extract_state_dict,
@@ -72,10 +73,15 @@ def test_sha256_checked(tmp_path):
 
 
 def test_weights_only_refuses_pickled_objects(tmp_path):
+    """Catches a pickled file either unpickled (running its code) or refused with torch's text, which suggests
+    loading it with weights_only=False: the message names the object and how to save the weights alone."""
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": _net().state_dict(), "obj": _net()}, path)  # a pickled module, not plain tensors
-    with pytest.raises(RuntimeError, match="weights_only=True"):
+    with pytest.raises(UnsafeCheckpointError) as info:
         load_state_dict_file(path)
+    text = str(info.value)
+    assert str(path) in text and "torch.nn.modules.container.Sequential" in text
+    assert "torch.save(model.state_dict()" in text and "safetensors" in text and "weights_only=False" not in text
 
 
 def test_safetensors_and_nested_checkpoints(tmp_path):
