@@ -41,11 +41,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import ResizeWithPadOrCrop
 from monai.utils import convert_to_tensor
+
 from monai_rd.bundle.command_line import check_overrides
 from monai_rd.data.checks import describe_error
 from monai_rd.errors import CheckpointMismatchError, DataCheckError, MonaiRDError, NonFiniteError, OptionError

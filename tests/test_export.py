@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 import torch
-
 from monai.bundle import ConfigParser
+
 from monai_rd.bundle import write_model_spec
 from monai_rd.errors import CheckpointMismatchError, OptionError
 from monai_rd.export import bundle_network, export_model, load_exported, main, preprocess_images

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 
 from monai_rd.bundle.command_line import check_overrides
 from monai_rd.compare.grid import GridRun, bundle_default, parse_overrides, plan_grid, run_grid
-from monai_rd.methods import METHODS
 from monai_rd.errors import MonaiRDError, OptionError
+from monai_rd.methods import METHODS
 
 __all__ = ["main"]
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from monai.data import PILReader
 from monai.transforms import LoadImage
 from monai.utils import convert_to_numpy

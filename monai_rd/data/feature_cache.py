@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import set_determinism
+
 from monai_rd.errors import OptionError
 from monai_rd.utils.files import file_sha256, write_json_atomic
 from monai_rd.utils.ranks import is_distributed, on_rank0, rank

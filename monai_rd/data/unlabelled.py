@@ -14,7 +14,6 @@ from typing import Any
 from monai_rd.utils.constants import UNLABELLED, UNLABELLED_SPLIT
 from monai_rd.utils.options import as_optional_float
 
-
 __all__ = ["UNLABELLED", "UNLABELLED_SPLIT", "loss_weight_end", "training_items", "unlabelled_splits"]
 
 

@@ -9,11 +9,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 from ignite.engine import Events
-from torch.optim import Optimizer
-
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
+from torch.optim import Optimizer
 
 from monai_rd.engines.data_parallel import average_gradients
 from monai_rd.engines.teacher_features import TeacherFeatureSource

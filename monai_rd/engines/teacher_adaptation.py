@@ -17,11 +17,11 @@ import torch
 import torch.nn as nn
 from ignite.engine import Events
 from ignite.metrics import Loss
-
 from monai.data import CacheDataset, DataLoader
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import LrScheduleHandler, ValidationHandler
 from monai.transforms import Compose, EnsureTyped
+
 from monai_rd.handlers.non_finite_guard import NonFiniteGuard
 from monai_rd.handlers.output_transforms import stacked_from_engine
 from monai_rd.networks.adapted_teacher import AdaptedTeacherClassifier

@@ -10,7 +10,6 @@ from typing import Any
 
 from ignite.engine import Engine
 from ignite.handlers import Checkpoint, DiskSaver
-
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 
 from monai_rd.utils.ranks import rank

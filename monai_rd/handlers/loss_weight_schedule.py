@@ -6,7 +6,6 @@ import functools
 
 import torch.nn as nn
 from ignite.engine import Events
-
 from monai.handlers import ParamSchedulerHandler
 
 __all__ = ["LinearLossWeight"]

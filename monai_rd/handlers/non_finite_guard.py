@@ -9,7 +9,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 from ignite.engine import Engine
-
 from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys

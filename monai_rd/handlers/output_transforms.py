@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-
 from monai.data import MetaTensor
 from monai.handlers import from_engine
 

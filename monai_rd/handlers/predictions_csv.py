@@ -8,7 +8,6 @@ import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-
 from monai.data import CSVSaver
 
 __all__ = ["PredictionsCSVSaver"]

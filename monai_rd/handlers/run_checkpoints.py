@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ignite.engine import Engine, Events
-
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from monai_rd.data.checks import check_free_space

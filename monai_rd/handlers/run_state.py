@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from monai.transforms import Compose, Randomizable
 
-from monai_rd.utils.ranks import run_fingerprint
 from monai_rd.errors import CheckpointMismatchError
+from monai_rd.utils.ranks import run_fingerprint
 
 __all__ = ["RunState", "data_digest"]
 

@@ -6,7 +6,6 @@ import functools
 from typing import Any
 
 from ignite.metrics import Accuracy, ConfusionMatrix, EpochMetric, Recall
-
 from monai.handlers import ROCAUC, MeanDice, from_engine
 from monai.metrics import compute_roc_auc
 

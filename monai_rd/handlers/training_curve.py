@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import torch
 from ignite.engine import Engine, Events
-
 from monai.handlers import from_engine
 
 __all__ = ["TrainingCurvePlotter"]

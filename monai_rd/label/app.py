@@ -44,7 +44,6 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from monai_rd.utils.options import as_int
 from monai_rd.errors import DataCheckError, OptionError
 from monai_rd.label.active_learning import EntropyScoring, EntropyStrategy
 from monai_rd.label.batch_infer import RDBatchInferTask
@@ -59,6 +58,7 @@ from monai_rd.label.segment_train_task import RDSegmentTrainTask
 from monai_rd.label.served_model import ServedStudent, check_model_file
 from monai_rd.label.train_task import RDTrainTask
 from monai_rd.label.uploads import UploadFolder
+from monai_rd.utils.options import as_int
 
 __all__ = ["IMAGE_PATTERNS", "RDLabelApp"]
 

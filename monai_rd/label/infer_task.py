@@ -16,7 +16,8 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType

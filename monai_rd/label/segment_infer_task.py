@@ -14,7 +14,8 @@ Its ``type`` and ``labels`` are what 3D Slicer's MONAI Label module lists and dr
 from __future__ import annotations
 
 import tempfile
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import numpy as np
 from monai.data import NibabelWriter

@@ -16,10 +16,10 @@ from typing import Any
 from monai.data import partition_dataset
 from monailabel.interfaces.datastore import Datastore
 
-from monai_rd.utils.options import as_int
 from monai_rd.label.mask_labels import mask_datalist
 from monai_rd.label.segment_infer_task import RDSegmentInferTask
 from monai_rd.label.train_task import RDTrainTask
+from monai_rd.utils.options import as_int
 
 __all__ = ["RDSegmentTrainTask"]
 

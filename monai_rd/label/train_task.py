@@ -39,7 +39,6 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import device_list, name_to_device
 
 from monai_rd.bundle.model_spec import MODEL_SPEC_FILE, as_class_names
-from monai_rd.utils.options import as_bool, as_float, as_int
 from monai_rd.data.datalist import split_datalist, write_json_atomic
 from monai_rd.errors import CheckpointMismatchError, DataCheckError, OptionError
 from monai_rd.label.class_labels import labelled_datalist
@@ -47,6 +46,7 @@ from monai_rd.label.infer_task import RDClassifyInferTask
 from monai_rd.label.model_score import validation_score
 from monai_rd.label.served_model import MODEL_FILE, ServedStudent, check_model_file, prune_folders, publish_model
 from monai_rd.label.train_stats import TrainStatsWriter
+from monai_rd.utils.options import as_bool, as_float, as_int
 
 __all__ = ["RUNS_FOLDER", "TRAIN_STATS_FILE", "RDTrainTask"]
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch.nn.modules.loss import _Loss
-
 from monai.utils import LossReduction
+from torch.nn.modules.loss import _Loss
 
 __all__ = ["CKALoss", "cka", "linear_cka", "hsic"]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.loss import _Loss
-
 from monai.networks.layers.factories import Conv
+from torch.nn.modules.loss import _Loss
 
 from monai_rd.losses._feature_maps import check_pair, pool_to
 

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-from monai_rd.utils.constants import UNLABELLED
 from monai_rd.losses.cka import CKALoss
 from monai_rd.losses.distill_kl import DistillKLLoss
+from monai_rd.utils.constants import UNLABELLED
 
 __all__ = ["RDLoss"]
 

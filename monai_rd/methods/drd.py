@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
-
 from monai.transforms import Compose, EnsureTyped
 
 from monai_rd.data.feature_cache import build_cache_once, normalise_path

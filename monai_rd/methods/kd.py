@@ -6,15 +6,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch.nn as nn
-
 from monai.transforms import Compose
 
 from monai_rd.data.feature_cache import build_cache_once
 from monai_rd.engines.kd_trainer import KDTrainer
+from monai_rd.engines.teacher_adaptation import adapt_teacher
 from monai_rd.handlers.loss_weight_schedule import LinearLossWeight
 from monai_rd.losses.decoupled_kd import DecoupledKDLoss
 from monai_rd.losses.dist_kd import DISTLoss
-from monai_rd.engines.teacher_adaptation import adapt_teacher
 from monai_rd.methods.method import Method
 from monai_rd.networks.adapted_teacher import AdaptedTeacherClassifier
 from monai_rd.networks.linear_probe import LinearProbe, fit_teacher_probe

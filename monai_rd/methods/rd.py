@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 from ignite.engine import Events
-
 from monai.data import DataLoader, Dataset, DistributedSampler
 from monai.engines import SupervisedEvaluator
 from monai.transforms import Compose, EnsureTyped

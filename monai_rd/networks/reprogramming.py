@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from monai.networks.layers.factories import Conv, Norm, Pool
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-
 from monai.networks.blocks import ADN
 from monai.networks.layers.factories import Conv
 from monai.networks.nets import BasicUNet, SegResNet, UNet
+
 from monai_rd.networks.segmentation_stages import SegmentationStages, segmentation_stages
 from monai_rd.networks.stages import dry_run_stage_shapes, stage_index
 

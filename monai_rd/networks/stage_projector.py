@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from monai.networks.blocks import Convolution
 
 __all__ = ["StageProjector", "build_stage_projectors"]

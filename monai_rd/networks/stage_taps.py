@@ -27,8 +27,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from monai_rd.networks.token_maps import tokens_to_map
 from monai_rd.networks.stages import DEFAULT_NUM_STAGES, evenly_spaced
+from monai_rd.networks.token_maps import tokens_to_map
 
 __all__ = [
     "EncoderTaps",

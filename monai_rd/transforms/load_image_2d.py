@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from monai.config import DtypeLike, KeysCollection, PathLike
 from monai.data import MetaTensor, PILReader
 from monai.data.utils import to_affine_nd

@@ -14,9 +14,9 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
-
 from monai.config import DtypeLike, KeysCollection, PathLike
 from monai.transforms import LoadImage, MapTransform, Transform
+
 from monai_rd.errors import DataCheckError
 
 __all__ = ["LoadVolume", "LoadVolumed"]

@@ -11,11 +11,11 @@ import torch.nn as nn
 from monai.handlers import LrScheduleHandler, StatsHandler, ValidationHandler
 
 from monai_rd.bundle import distributed
-from monai_rd.utils import ranks
 from monai_rd.data import TeacherFeatureCache
 from monai_rd.data.feature_cache import build_cache_once
 from monai_rd.errors import DistributedRunError, OptionError, OutputFolderError
 from monai_rd.handlers import CrashSafeCheckpointSaver, MetricsFromEvaluator, MetricsJSONWriter, TrainingCurvePlotter
+from monai_rd.utils import ranks
 
 
 def _bare(cls):

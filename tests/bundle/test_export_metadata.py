@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-
 from trained_model import REPO, write_trained_model  # tests/bundle, on sys.path under pytest
 
 CONFIGS = os.path.join(REPO, "bundles", "rd_demo", "configs")

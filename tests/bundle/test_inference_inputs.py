@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-
 from trained_model import REPO, write_trained_model  # tests/bundle, on sys.path under pytest
 
 DEMO = os.path.join(REPO, "bundles", "rd_demo")

@@ -5,8 +5,8 @@ import os
 
 import pytest
 import torch
-
 from monai.bundle import ConfigParser
+
 from monai_rd import __version__
 from monai_rd.bundle import as_class_names, model_spec, read_model_spec, segmentation_model_spec, write_model_spec
 from monai_rd.errors import CheckpointMismatchError, OptionError, find_rd_error

@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 from PIL import Image
-
 from trained_model import REPO, write_trained_model  # tests/bundle, on sys.path under pytest
 
 DEMO = os.path.join(REPO, "bundles", "rd_demo")

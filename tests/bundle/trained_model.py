@@ -3,8 +3,8 @@
 import os
 
 import torch
-
 from monai.bundle import ConfigParser
+
 from monai_rd.bundle import write_model_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -7,7 +7,6 @@ import os
 import re
 
 import pytest
-
 from monai.bundle import ConfigParser
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -9,12 +9,11 @@ import csv
 import json
 import os
 
+import monai.bundle
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-import monai.bundle
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

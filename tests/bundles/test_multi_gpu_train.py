@@ -12,13 +12,12 @@ import time
 import numpy as np
 import pytest
 import torch
-
+from demo_subset import write_demo_subset  # tests/bundles, on sys.path under pytest
 from monai.bundle import ConfigParser
 
 from monai_rd.engines import DistillationTrainer
 from monai_rd.engines.data_parallel import distributed_data_parallel
 from monai_rd.errors import OptionError, find_rd_error
-from demo_subset import write_demo_subset  # tests/bundles, on sys.path under pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLES = sorted(

@@ -6,13 +6,12 @@ import os
 import subprocess
 import sys
 
+import monai.bundle
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-
-import monai.bundle
 from monai.inferers import sliding_window_inference
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -7,15 +7,14 @@ import subprocess
 import sys
 import time
 
+import monai.bundle
 import pytest
 import torch
+from demo_subset import write_demo_subset  # tests/bundles, on sys.path under pytest
 from ignite.engine import Events
-
-import monai.bundle
 
 from monai_rd.errors import CheckpointMismatchError, OutputFolderError, find_rd_error
 from monai_rd.handlers import LinearLossWeight
-from demo_subset import write_demo_subset  # tests/bundles, on sys.path under pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundles", "rd_demo")

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-
 from monai.bundle import ConfigParser
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

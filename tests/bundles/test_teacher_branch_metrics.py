@@ -4,16 +4,14 @@ each epoch, recorded beside the student's metrics, without changing the student'
 import json
 import os
 
+import monai.bundle
 import pytest
 import torch
+from demo_subset import write_demo_subset  # tests/bundles, on sys.path under pytest
 from ignite.engine import Events
-
-import monai.bundle
 from monai.handlers import from_engine
 from monai.metrics import compute_roc_auc
 from monai.transforms import Compose
-
-from demo_subset import write_demo_subset  # tests/bundles, on sys.path under pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundles", "rd_demo")

@@ -7,12 +7,11 @@ training-split images, one epoch at 32 px.
 import json
 import os
 
+import monai.bundle
 import pytest
+from demo_subset import write_demo_subset  # tests/bundles, on sys.path under pytest
 from ignite.engine import Events
 
-import monai.bundle
-
-from demo_subset import write_demo_subset  # tests/bundles, on sys.path under pytest
 from monai_rd.errors import DataCheckError, find_rd_error
 from monai_rd.handlers import LinearLossWeight
 from monai_rd.utils.constants import UNLABELLED

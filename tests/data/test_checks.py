@@ -8,9 +8,8 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
-
 from monai.bundle import ConfigParser
+from PIL import Image
 
 from monai_rd.data import check_datalist, check_writable, default_image_loader
 from monai_rd.errors import DataCheckError, OutputFolderError, find_rd_error

@@ -9,9 +9,10 @@ import copy
 import numpy as np
 import pydicom
 import pytest
-
 from monai.transforms import LoadImage
+
 from monai_rd.data import DicomDisplayReader, parse_window
+
 # pydicom's own functions, from pydicom.pixels (pydicom 3) or pydicom.pixel_data_handlers.util (pydicom 2.4)
 from monai_rd.data.dicom_reader import (
     apply_color_lut,

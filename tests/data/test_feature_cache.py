@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from monai.transforms import Compose, LoadImaged, RandFlipd, RandGaussianNoised, ScaleIntensityd
 from PIL import Image
 
-from monai.transforms import Compose, LoadImaged, RandFlipd, RandGaussianNoised, ScaleIntensityd
 from monai_rd.data import CachedTeacherFeaturesd, RandCachedTeacherFeaturesd, TeacherFeatureCache
 from monai_rd.networks import FrozenTeacher
 

@@ -10,8 +10,8 @@ import shutil
 import pytest
 from pydicom.data import get_testdata_file
 
-from monai_rd.make_datalist import datalist_class_names, load_or_make_datalist, main, make_datalist
 from monai_rd.errors import DataCheckError, OutputFolderError
+from monai_rd.make_datalist import datalist_class_names, load_or_make_datalist, main, make_datalist
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(REPO, "bundles", "rd_demo", "data")

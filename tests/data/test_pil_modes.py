@@ -3,10 +3,9 @@
 import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
-
 from monai.data import PILReader
 from monai.transforms import LoadImage
+from PIL import Image
 
 from monai_rd.data import convert_to_displayed_mode
 

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from monai_rd.data import check_datalist, training_items, unlabelled_splits
-from monai_rd.utils.constants import UNLABELLED
 from monai_rd.data.datalist import load_saved_datalist
 from monai_rd.data.unlabelled import loss_weight_end
 from monai_rd.errors import DataCheckError, OptionError
+from monai_rd.utils.constants import UNLABELLED
 
 CLASSES = ["a", "b"]
 

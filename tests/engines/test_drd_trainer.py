@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn as nn
 from ignite.engine import Events
-
 from monai.engines.utils import IterationEvents
 
 from monai_rd.data import TeacherFeatureCache

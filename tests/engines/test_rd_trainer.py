@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn as nn
 from ignite.engine import Events
-
 from monai.data import DataLoader, Dataset
 from monai.handlers import CheckpointSaver, ParamSchedulerHandler
 from monai.transforms import Compose, CopyItemsd, EnsureTyped, LoadImaged
+
 from monai_rd.data import CachedTeacherFeaturesd, TeacherFeatureCache
 from monai_rd.engines import DistillationTrainer, RDTrainer
 from monai_rd.errors import NonFiniteError

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 from ignite.engine import Events
-
 from monai.transforms import RandFlipd
+
 from monai_rd.data import TeacherFeatureCache
 from monai_rd.engines import KDTrainer, adapt_teacher
 from monai_rd.losses import DistillKLLoss, RDLoss
@@ -151,9 +151,8 @@ def test_lora_kd_distils_the_adapted_teachers_logits():
 def test_a_cache_built_before_the_teacher_was_adapted_refuses_to_serve_it(tmp_path):
     """Catches stale features: cache rows of the unadapted teacher kept after the teacher changed in place."""
     import numpy as np
-    from PIL import Image
-
     from monai.transforms import Compose, LoadImaged, ScaleIntensityd
+    from PIL import Image
 
     items = []
     for i, it in enumerate(_datalist()["training"][:6]):

@@ -6,8 +6,8 @@ import logging
 import pytest
 import torch
 from ignite.engine import Engine
-
 from monai.transforms import Compose, Lambdad
+
 from monai_rd.errors import SkippedInputsError
 from monai_rd.handlers import InferenceReport
 from monai_rd.transforms.input_status import MarkNonFinited, ReadInputd, SkipFailedd

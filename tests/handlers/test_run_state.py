@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-
 from monai.transforms import Compose, RandAffined, RandFlipd
 
 from monai_rd.errors import CheckpointMismatchError

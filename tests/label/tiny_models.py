@@ -7,8 +7,8 @@ import shutil
 
 import torch
 
-from monai_rd.bundle import model_spec, segmentation_model_spec, write_model_spec
 from demo_data.brain_segment import SEGMENT_CLASSES
+from monai_rd.bundle import model_spec, segmentation_model_spec, write_model_spec
 from monai_rd.networks import SegmentationStudent, StudentClassifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

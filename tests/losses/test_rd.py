@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_rd.utils.constants import UNLABELLED
 from monai_rd.losses import CKALoss, DistillKLLoss, RDLoss
+from monai_rd.utils.constants import UNLABELLED
 
 
 def _inputs(seed=0, b=8, c=3, d=6):

@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-
 from monai.bundle import ConfigParser
 
 from monai_rd.bundle import ClassificationOptions, SegmentationOptions

@@ -1,8 +1,8 @@
 import pytest
 import torch
 import torch.nn as nn
-
 from monai.inferers import sliding_window_inference
+
 from monai_rd.networks import SegmentationStudent, list_segmentation_students
 
 TINY = {

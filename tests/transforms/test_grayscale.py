@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from monai.data import MetaTensor
+
 from monai_rd.transforms import ToGrayscale, ToGrayscaled
 
 

@@ -10,16 +10,18 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from monai.data import PILReader, list_data_collate
+from monai.transforms import Compose, LoadImage, LoadImaged, Resized
 from nibabel.testing import data_path
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from monai.data import PILReader, list_data_collate
-from monai.transforms import Compose, LoadImage, LoadImaged, Resized
 from monai_rd.data import convert_to_displayed_mode
-from monai_rd.data.dicom_reader import apply_modality_lut  # pydicom's, from where pydicom 3 or 2.4 keeps it
+from monai_rd.data.dicom_reader import (
+    apply_modality_lut,  # pydicom's, from where pydicom 3 or 2.4 keeps it
+    is_dicom_file,
+)
 from monai_rd.errors import DataCheckError, OptionError
-from monai_rd.data.dicom_reader import is_dicom_file
 from monai_rd.transforms import LoadImage2D, LoadImage2Dd
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -2,8 +2,8 @@
 
 import pytest
 
-from monai_rd.utils.options import as_bool, as_float, as_int, as_optional_float, as_optional_int, epoch_length
 from monai_rd.errors import OptionError
+from monai_rd.utils.options import as_bool, as_float, as_int, as_optional_float, as_optional_int, epoch_length
 
 
 @pytest.mark.parametrize("value", [True, "true", "True", "TRUE", 1, "1", "yes"])

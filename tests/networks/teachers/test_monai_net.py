@@ -6,7 +6,6 @@ from __future__ import annotations
 import monai.networks.nets as nets
 import pytest
 import torch
-import torch.nn as nn
 from monai.networks.nets import ResNet, SwinUNETR
 
 from monai_rd.networks import FrozenTeacher, create_teacher
