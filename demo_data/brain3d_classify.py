@@ -32,6 +32,8 @@ from demo_data.brain_segment import SEGMENT_CLASSES, SlabLayout, load_lobe_volum
 
 __all__ = ["derive_brain3d_patches", "patch_centre"]
 
+_DEFAULT_LAYOUT = SlabLayout()
+
 
 def patch_centre(name: str) -> tuple[int, int, int]:
     """The (x, y, z) voxel of the 2 mm volume at a patch's centre, read from its file name (``..._x012_y034_z056``).
@@ -60,7 +62,7 @@ def derive_brain3d_patches(
     patch: int = 16,
     stride: int = 2,
     max_per_class_slab: int = 24,
-    layout: SlabLayout = SlabLayout(),
+    layout: SlabLayout = _DEFAULT_LAYOUT,
     spacing: float = 2.0,
     seed: int = 0,
 ) -> dict[str, list[dict]]:

@@ -197,7 +197,9 @@ def derive_brain_segment_slabs(
     import nibabel as nib
 
     if spatial_dims not in (2, 3) or (spatial_dims == 2 and layout.slab != 1):
-        raise ValueError(f"spatial_dims must be 3, or 2 with one-slice slabs; got {spatial_dims} and slab={layout.slab}.")
+        raise ValueError(
+            f"spatial_dims must be 3, or 2 with one-slice slabs; got {spatial_dims} and slab={layout.slab}."
+        )
     layout.check(image, labels)
     img8 = window_uint8(image, labels)
     affine = np.diag([spacing, spacing, spacing, 1.0])
@@ -242,7 +244,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="3: 40x96x16 slabs (rd_brain_segment); 2: 40x96 axial slices (rd_brain_segment_2d)")
     a = p.parse_args(argv)
     layout = SLICES_2D if a.spatial_dims == 2 else SlabLayout()
-    datalist = derive_brain_segment_slabs(*load_lobe_volume_2mm(a.mricron_dir), a.out, layout, spatial_dims=a.spatial_dims)
+    datalist = derive_brain_segment_slabs(
+        *load_lobe_volume_2mm(a.mricron_dir), a.out, layout, spatial_dims=a.spatial_dims
+    )
     print({k: len(v) for k, v in datalist.items()})
 
 

@@ -1,7 +1,8 @@
 """One bundle run over several processes (``torchrun``): the process group, rank-0 work, and the rest waiting.
 
 ``configs/multi_gpu_train.json`` (generated beside every bundle's ``train.json``) makes a run data-parallel:
-``torchrun --nproc_per_node=N -m monai.bundle run --config_file "['configs/train.json','configs/multi_gpu_train.json']"``.
+``torchrun --nproc_per_node=N -m monai.bundle run --config_file \
+"['configs/train.json','configs/multi_gpu_train.json']"``.
 Every helper here is a plain call in a single process (no process group), so the same ``train.json`` entries
 serve both: :func:`on_rank0` runs a function on rank 0 and hands its result (or its error) to every rank,
 :func:`build_cache_once` computes the teacher's features once for all ranks, :func:`for_this_rank` keeps the
@@ -119,7 +120,9 @@ def for_this_rank(handlers: Iterable[Any]) -> list[Any]:
     handlers = [h for h in handlers if h is not None]
     if rank() == 0:
         return handlers
-    return [h for h in handlers if not (getattr(h, "rank0_only", False) or isinstance(h, (CheckpointSaver, StatsHandler)))]
+    return [
+        h for h in handlers if not (getattr(h, "rank0_only", False) or isinstance(h, (CheckpointSaver, StatsHandler)))
+    ]
 
 
 def shard_size(num_items: int) -> int:

@@ -184,7 +184,11 @@ def _scalar(value: Any) -> bool:
 
 
 def _plain_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and not value.startswith("$"))
+    return (
+        value is None
+        or isinstance(value, (bool, int, float))
+        or (isinstance(value, str) and not value.startswith("$"))
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -317,7 +321,10 @@ def generate_bundle(bundle_dir: str) -> dict[str, str]:
             common = overrides.get("common", {})
             # inference takes what the trained model fixes (classes, size, channels, student, ...) from model_meta.json
             skip = set(spec_fields(recipe)) if kind == "inference" and "model_spec" in config else set()
-            _apply(config, {k: v for k, v in common.items() if (k == "imports" or _has_parent(config, k)) and k not in skip})
+            _apply(
+                config,
+                {k: v for k, v in common.items() if (k == "imports" or _has_parent(config, k)) and k not in skip},
+            )
         recipe_keys = set(config)
         _apply(config, overrides.get(kind, {}))
         config["_desc_"] = _HEADER + config.get("_desc_", "")
@@ -345,7 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("bundles", nargs="*", help="bundle folders (default: every bundles/* with overrides.json)")
     parser.add_argument("--check", action="store_true", help="do not write; exit 1 if a committed file differs")
     args = parser.parse_args(argv)
-    bundles = args.bundles or sorted(os.path.dirname(os.path.dirname(p)) for p in glob.glob("bundles/*/configs/overrides.json"))
+    bundles = args.bundles or sorted(
+        os.path.dirname(os.path.dirname(p)) for p in glob.glob("bundles/*/configs/overrides.json")
+    )
     if not bundles:
         parser.error("no bundle found: run from the repository root or name the bundle folders.")
     stale = []

@@ -69,7 +69,9 @@ def as_class_names(value: Any, name: str = "class_names") -> list[str]:
         OptionError: not a list of at least two distinct strings.
     """
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) < 2:
-        raise OptionError(f"--{name} must be a list of at least two class names, e.g. \"['benign','malignant']\"; got {value!r}.")
+        raise OptionError(
+            f"--{name} must be a list of at least two class names, e.g. \"['benign','malignant']\"; got {value!r}."
+        )
     names = [str(v) for v in value]
     if len(set(names)) != len(names):
         raise OptionError(f"--{name} lists a class twice: {names}.")
@@ -356,7 +358,9 @@ def read_model_spec(
     with open(path) as f:
         spec = json.load(f)
     if spec.get("format") != SPEC_FORMAT:
-        raise CheckpointMismatchError(f"{path} has spec format {spec.get('format')!r}; this monai_rd reads {SPEC_FORMAT}.")
+        raise CheckpointMismatchError(
+            f"{path} has spec format {spec.get('format')!r}; this monai_rd reads {SPEC_FORMAT}."
+        )
     bundle = os.path.basename(os.path.normpath(bundle_root))
     if spec.get("bundle") != bundle:
         raise CheckpointMismatchError(

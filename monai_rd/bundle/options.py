@@ -302,7 +302,8 @@ class ClassificationOptions(TrainOptions):
         return training_items(datalist, self.uses_unlabelled, self.num_classes, multi_label=self.multi_label)
 
     def check_datalist(self, datalist: Mapping, loader: Any, splits: Sequence[str] = SPLITS) -> None:
-        """Read every file of the datalist once and report every problem together (:func:`~monai_rd.data.check_datalist`).
+        """Read every file of the datalist once and report every problem together
+        (:func:`~monai_rd.data.check_datalist`).
 
         Args:
             datalist: the run's datalist.

@@ -356,7 +356,9 @@ def split_datalist(
     if group_pattern is None and groups is None:
         by_label: dict[int, list[dict]] = {}
         for it in items:
-            by_label.setdefault(int(np.asarray(it["label"]).argmax()) if np.ndim(it["label"]) else int(it["label"]), []).append(it)
+            by_label.setdefault(
+                int(np.asarray(it["label"]).argmax()) if np.ndim(it["label"]) else int(it["label"]), []
+            ).append(it)
         for label in sorted(by_label):
             group = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
             n_val = int(round(len(group) * val_fraction))

@@ -17,7 +17,11 @@ BUSI_SPEC = DatasetSpec("BUSI", BUSI_CLASSES, BUSI_LAYOUT)
 
 
 def busi_datalist(
-    dataset_dir: str, datalist_json: str | None = None, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15
+    dataset_dir: str,
+    datalist_json: str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
 ) -> dict[str, list[dict]]:
     """Stratified, seeded split of ``Dataset_BUSI_with_GT/{benign,malignant,normal}/*.png``, masks excluded.
 

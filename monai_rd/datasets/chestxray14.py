@@ -37,7 +37,8 @@ CSV_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 
 CHESTXRAY14_LAYOUT = """expected layout (NIH ChestX-ray14, from https://nihcc.app.box.com/v/ChestXray-NIHCC or
 https://www.kaggle.com/datasets/nih-chest-xrays/data):
-  {root}/Data_Entry_2017.csv          (or Data_Entry_2017_v2020.csv; columns Image Index, Finding Labels, Patient ID, ...)
+  {root}/Data_Entry_2017.csv          (or Data_Entry_2017_v2020.csv; columns Image Index, Finding Labels, \
+Patient ID, ...)
   {root}/train_val_list.txt           (one image name per line)
   {root}/test_list.txt
   {root}/images/00000001_000.png ...  (the NIH tarballs images_001..012.tar.gz unpacked in place)
@@ -58,7 +59,9 @@ def parse_finding_labels(text: str, findings=CHESTXRAY14_FINDINGS) -> list[float
         return [0.0] * len(findings)
     unknown = [n for n in names if n not in findings]
     if unknown or not names:
-        raise ValueError(f"unknown finding(s) {unknown or [text]}; expected {NO_FINDING!r} or names from {list(findings)}.")
+        raise ValueError(
+            f"unknown finding(s) {unknown or [text]}; expected {NO_FINDING!r} or names from {list(findings)}."
+        )
     return [1.0 if f in names else 0.0 for f in findings]
 
 
@@ -85,7 +88,9 @@ def _read_entries(csv_path: str) -> dict[str, tuple[list[float], str]]:
         reader.fieldnames = header
         missing = [c for c in CSV_COLUMNS if c not in header]
         if missing:
-            raise ValueError(f"{csv_path}: column(s) {missing} missing; found {header}. Expected NIH's Data_Entry_2017.csv.")
+            raise ValueError(
+                f"{csv_path}: column(s) {missing} missing; found {header}. Expected NIH's Data_Entry_2017.csv."
+            )
         entries = {}
         for line, row in enumerate(reader, start=2):
             try:
@@ -159,7 +164,8 @@ def chestxray14_datalist(
     csv_path = next((os.path.join(root, n) for n in CSV_NAMES if os.path.isfile(os.path.join(root, n))), None)
     if csv_path is None:
         raise CHESTXRAY14_SPEC.missing(
-            f"ChestX-ray14 label file {CSV_NAMES[0]} (or {CSV_NAMES[1]}) is missing in {root} (found {found}).", dataset_dir
+            f"ChestX-ray14 label file {CSV_NAMES[0]} (or {CSV_NAMES[1]}) is missing in {root} (found {found}).",
+            dataset_dir,
         )
     lists = {}
     for split, name in (("train_val", "train_val_list.txt"), ("test", "test_list.txt")):
@@ -185,7 +191,9 @@ def chestxray14_datalist(
             first = os.path.join(root, "images", missing[0])
             msg = f"{len(missing)} of {len(names)} images of the {split} list are not on disk, first: {first}."
             if not skip_missing:
-                raise CHESTXRAY14_SPEC.missing(f"{msg} Unpack all image archives, or pass skip_missing=True.", dataset_dir)
+                raise CHESTXRAY14_SPEC.missing(
+                    f"{msg} Unpack all image archives, or pass skip_missing=True.", dataset_dir
+                )
             warnings.warn(f"{msg} Skipped (skip_missing=True).", stacklevel=2)
         kept = [n for n in names if n in index]
         splits[split] = ([{"image": index[n], "label": entries[n][0]} for n in kept], [entries[n][1] for n in kept])

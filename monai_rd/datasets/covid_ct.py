@@ -17,13 +17,15 @@ COVID_CT_CLASSES = ("CT_COVID", "CT_NonCOVID")
 _SPLIT_DIRS = {"CT_COVID": ("COVID", "CT_COVID"), "CT_NonCOVID": ("NonCOVID", "CT_NonCOVID")}
 _SPLIT_PREFIX = {"training": "train", "validation": "val", "test": "test"}
 
-COVID_CT_LAYOUT = """expected layout (a clone of https://github.com/UCSD-AI4H/COVID-CT with the image zips unpacked in place):
+COVID_CT_LAYOUT = """expected layout (a clone of https://github.com/UCSD-AI4H/COVID-CT with the image zips \
+unpacked in place):
   {root}/Images-processed/CT_COVID/*.png|*.jpg        (from Images-processed/CT_COVID.zip)
   {root}/Images-processed/CT_NonCOVID/*.png|*.jpg     (from Images-processed/CT_NonCOVID.zip)
   {root}/Data-split/COVID/trainCT_COVID.txt, valCT_COVID.txt, testCT_COVID.txt
   {root}/Data-split/NonCOVID/trainCT_NonCOVID.txt, valCT_NonCOVID.txt, testCT_NonCOVID.txt
 Each split file lists one image file name per line. Get it with
-  git clone https://github.com/UCSD-AI4H/COVID-CT && cd COVID-CT/Images-processed && unzip CT_COVID.zip && unzip CT_NonCOVID.zip
+  git clone https://github.com/UCSD-AI4H/COVID-CT && cd COVID-CT/Images-processed && unzip CT_COVID.zip \
+&& unzip CT_NonCOVID.zip
 and pass --dataset_dir <the COVID-CT folder>."""
 COVID_CT_SPEC = DatasetSpec("COVID-CT", COVID_CT_CLASSES, COVID_CT_LAYOUT)
 

@@ -9,7 +9,13 @@ import os
 from monai_rd.data.datalist import save_datalist
 from monai_rd.datasets.spec import DatasetSpec
 
-__all__ = ["ISIC2018_SPEC", "ISIC2018_CLASSES", "ISIC2018_SPLIT_NAMES", "isic2018_datalist", "read_isic2018_ground_truth"]
+__all__ = [
+    "ISIC2018_SPEC",
+    "ISIC2018_CLASSES",
+    "ISIC2018_SPLIT_NAMES",
+    "isic2018_datalist",
+    "read_isic2018_ground_truth",
+]
 
 ISIC2018_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 # datalist split -> the name ISIC uses in its folder and file names
@@ -102,7 +108,9 @@ def isic2018_datalist(
             exists = os.path.isdir(path) if kind == "folder" else os.path.isfile(path)
             if not exists:
                 found = sorted(os.listdir(root))[:20]
-                raise ISIC2018_SPEC.missing(f"ISIC 2018 {split} {kind} {path!r} is missing (found in {root}: {found}).", dataset_dir)
+                raise ISIC2018_SPEC.missing(
+                    f"ISIC 2018 {split} {kind} {path!r} is missing (found in {root}: {found}).", dataset_dir
+                )
         items = [
             {"image": os.path.join(in_dir, image_id + image_ext), "label": label}
             for image_id, label in read_isic2018_ground_truth(gt_csv)

@@ -79,4 +79,6 @@ class KDTrainer(DistillationTrainer):
 
     def loss_terms(self, out: Mapping[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss on the student's logits and the teacher head's."""
-        return dict(self.loss_function(out["student_logits"], targets, out.get("teacher_logits"), out["student_features"]))
+        return dict(
+            self.loss_function(out["student_logits"], targets, out.get("teacher_logits"), out["student_features"])
+        )

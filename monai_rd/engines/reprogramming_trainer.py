@@ -111,7 +111,8 @@ class ReprogrammingTrainer(SupervisedTrainer):
     def _log_epoch(self, engine: ReprogrammingTrainer) -> None:
         mean_ce = self._ce_sum / max(self._ce_count, 1)
         logger.info(
-            f"direct reprogramming: epoch {engine.state.epoch}/{engine.state.max_epochs}, teacher-branch CE {mean_ce:.4f}"
+            f"direct reprogramming: epoch {engine.state.epoch}/{engine.state.max_epochs}, "
+            f"teacher-branch CE {mean_ce:.4f}"
         )
         self._ce_sum, self._ce_count = 0.0, 0
 

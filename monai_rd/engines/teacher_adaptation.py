@@ -108,7 +108,9 @@ def adapt_teacher(
             batch_size=min(batch_size, len(datalist["training"])), shuffle=True, num_workers=num_workers,
         )
         val_loader = DataLoader(
-            CacheDataset(datalist["validation"], Compose([transform, tensors]), num_workers=num_workers, progress=False),
+            CacheDataset(
+                datalist["validation"], Compose([transform, tensors]), num_workers=num_workers, progress=False
+            ),
             batch_size=batch_size, shuffle=False, num_workers=num_workers,
         )
         loss_fn: nn.Module = nn.BCEWithLogitsLoss() if classifier.probe.multi_label else nn.CrossEntropyLoss()

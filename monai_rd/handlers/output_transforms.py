@@ -53,7 +53,9 @@ def stacked_from_engine(
     getter = from_engine(list(keys))
 
     def _transform(output: Any) -> tuple[torch.Tensor, ...]:
-        pred, label = (_plain(torch.stack([_plain(i) for i in v]) if isinstance(v, list) else _plain(v)) for v in getter(output))
+        pred, label = (
+            _plain(torch.stack([_plain(i) for i in v]) if isinstance(v, list) else _plain(v)) for v in getter(output)
+        )
         pred = pred.reshape(pred.shape[0], -1).float()
         if label.ndim > 1 and label.shape[1:].numel() == 1:
             label = label.reshape(-1)

@@ -43,7 +43,9 @@ def classification_metrics(num_classes: int, multi_label: bool = False) -> dict[
     return {
         "key": {"accuracy": Accuracy(output_transform=pred_label)},
         "additional": {
-            "auc": ROCAUC(average="macro", output_transform=stacked_from_engine(["pred", "label"], onehot_label=num_classes)),
+            "auc": ROCAUC(
+                average="macro", output_transform=stacked_from_engine(["pred", "label"], onehot_label=num_classes)
+            ),
             "recall_per_class": Recall(average=False, output_transform=pred_label),
             "confusion_matrix": ConfusionMatrix(num_classes=num_classes, output_transform=pred_label),
         },

@@ -191,7 +191,11 @@ class RDLabelApp(MONAILabelApp):
         }
 
     def init_strategies(self) -> dict[str, Any]:
-        return {"random": Random(), "first": First(), **{f"entropy_{name}": EntropyStrategy(name) for name in self.bundles}}
+        return {
+            "random": Random(),
+            "first": First(),
+            **{f"entropy_{name}": EntropyStrategy(name) for name in self.bundles},
+        }
 
     def init_scoring_methods(self) -> dict[str, Any]:
         return {f"entropy_{name}": EntropyScoring(task) for name, task in self._infers.items()}
@@ -298,7 +302,9 @@ class RDLabelApp(MONAILabelApp):
         """
         strategy = request.get("strategy") or "random"
         if strategy not in self._strategies:
-            raise http_error(404, f"strategy {strategy!r} is not offered; the strategies are {sorted(self._strategies)}.")
+            raise http_error(
+                404, f"strategy {strategy!r} is not offered; the strategies are {sorted(self._strategies)}."
+            )
         try:
             result = super().next_sample(request)
         except Exception as e:
@@ -314,7 +320,9 @@ class RDLabelApp(MONAILabelApp):
             self._model(model)
         return None
 
-    def _run_task(self, check: Callable[[], Any], method: Callable[..., Any], request: dict[str, Any], *args: Any) -> Any:
+    def _run_task(
+        self, check: Callable[[], Any], method: Callable[..., Any], request: dict[str, Any], *args: Any
+    ) -> Any:
         """``check()`` then ``method(request, *args)``; in a task's own subprocess (not server mode) everything it
         prints becomes the task's ``details``, which clients read: it is printed without server paths, and a
         failure ends the process with its reason instead of a traceback."""

@@ -197,7 +197,9 @@ class RDDatastore(LocalDatastore):
                 raise http_error(422, f"the upload is not an image the app reads (file types {list(IMAGE_PATTERNS)}).")
             image_id = check_name(image_id or os.path.basename(image_filename)[: -len(ext)], "image id")
             if image_id in self._datastore.objects:
-                raise http_error(409, f"image {image_id!r} is already in the datastore: remove it first or use another id.")
+                raise http_error(
+                    409, f"image {image_id!r} is already in the datastore: remove it first or use another id."
+                )
             try:
                 LoadImage(image_only=True)(image_filename)
             except Exception as e:

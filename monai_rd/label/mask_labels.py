@@ -75,7 +75,8 @@ def conform_label_map(
     if not grid_ok:
         raise DataCheckError(
             "the label map is not on its image's grid (its affine differs: another orientation, voxel size or "
-            f"origin); image affine {np.round(image.affine, 4).tolist()}, label map {np.round(label.affine, 4).tolist()}."
+            f"origin); image affine {np.round(image.affine, 4).tolist()}, "
+            f"label map {np.round(label.affine, 4).tolist()}."
         )
     values = np.unique(data)
     bad = [v for v in values.tolist() if not (float(v).is_integer() and 0 <= v < len(names))]

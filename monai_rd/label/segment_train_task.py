@@ -3,9 +3,9 @@
 :class:`RDSegmentTrainTask` is :class:`~monai_rd.label.train_task.RDTrainTask` (the run through the bundle's own
 ``train.json``, ``train_stats``, the publish rule, the pruning) on segmentation labels: every image of the
 datastore with a NIfTI label map under the request's ``label_tag`` (saved with ``PUT /datastore/label`` and
-checked then: :mod:`monai_rd.label.mask_labels`) of the model's dimensions and classes, split at random with the request's ``seed``, given to the
-recipe as its ``datalist`` (the teacher cache is built from exactly the training images). The new model is
-scored and served like a classification one, by mean Dice of the served label maps
+checked then: :mod:`monai_rd.label.mask_labels`) of the model's dimensions and classes, split at random with the
+request's ``seed``, given to the recipe as its ``datalist`` (the teacher cache is built from exactly the training
+images). The new model is scored and served like a classification one, by mean Dice of the served label maps
 (:func:`~monai_rd.label.model_score.validation_score`).
 """
 

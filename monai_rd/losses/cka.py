@@ -14,7 +14,9 @@ _ESTIMATORS = ("biased", "unbiased")
 
 def _check_features(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x.ndim < 2 or y.ndim < 2:
-        raise ValueError(f"CKA expects batch feature matrices (B, D); got shapes {tuple(x.shape)} and {tuple(y.shape)}.")
+        raise ValueError(
+            f"CKA expects batch feature matrices (B, D); got shapes {tuple(x.shape)} and {tuple(y.shape)}."
+        )
     if x.shape[0] != y.shape[0]:
         raise ValueError(
             f"CKA needs the same number of samples in both inputs; got batch sizes {x.shape[0]} and {y.shape[0]}."

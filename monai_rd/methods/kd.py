@@ -58,7 +58,9 @@ class TeacherHeadMethod(Method):
             )
         return teacher
 
-    def prepare(self, datalist: Mapping[str, Sequence[Mapping]], base: Sequence[Callable], augmentation: Sequence) -> None:
+    def prepare(
+        self, datalist: Mapping[str, Sequence[Mapping]], base: Sequence[Callable], augmentation: Sequence
+    ) -> None:
         """Build the teacher and its head, adapt them (with ``adapt``), build the feature cache, then fit the probe
         (without ``adapt``)."""
         o = self.options

@@ -323,7 +323,9 @@ class Method:
             return {}
         return {"views": self.cache_views, "augment": Compose(list(augmentation))}
 
-    def prepare(self, datalist: Mapping[str, Sequence[Mapping]], base: Sequence[Callable], augmentation: Sequence) -> None:
+    def prepare(
+        self, datalist: Mapping[str, Sequence[Mapping]], base: Sequence[Callable], augmentation: Sequence
+    ) -> None:
         """The stages before training: the teacher (for a method that uses one), then the teacher-feature cache of
         the training items (built once).
 
@@ -357,7 +359,9 @@ class Method:
         source_key = "image_path" if self.options.task == "classification" else "source_path"
         trainer = self.trainer_class(**kwargs, **self.trainer_kwargs(), source_key=source_key)
         o, steps = self.options, self.options.epochs * trainer.state.epoch_length
-        for name, start, end in zip(("alpha", "beta"), (o.alpha_start, o.beta_start), o.loss_weight_ends(self.datalist)):
+        for name, start, end in zip(
+            ("alpha", "beta"), (o.alpha_start, o.beta_start), o.loss_weight_ends(self.datalist)
+        ):
             if hasattr(self.loss, name):
                 LinearLossWeight(self.loss, name, start, end, steps).attach(trainer)
         return trainer

@@ -79,7 +79,9 @@ class RD(Method):
     def trainer_kwargs(self) -> dict[str, Any]:  # noqa: D102
         return {**super().trainer_kwargs(), "reprogrammer": self.reprogrammer}
 
-    def prepare(self, datalist: Mapping[str, Sequence[Mapping]], base: Sequence[Callable], augmentation: Sequence) -> None:
+    def prepare(
+        self, datalist: Mapping[str, Sequence[Mapping]], base: Sequence[Callable], augmentation: Sequence
+    ) -> None:
         """The training cache, then the validation images' teacher features for the teacher-branch metrics."""
         super().prepare(datalist, base, augmentation)
         if getattr(self.options, "teacher_branch_metrics", False):

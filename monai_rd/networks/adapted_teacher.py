@@ -18,7 +18,14 @@ from monai_rd.errors import OptionError
 from monai_rd.networks.frozen_teacher import FrozenTeacher
 from monai_rd.networks.linear_probe import LinearProbe, TeacherLinearProbe, _pooled
 
-__all__ = ["ADAPTATIONS", "AdaptedTeacherClassifier", "as_lora_targets", "inject_lora", "lora_target_modules", "plain_convs"]
+__all__ = [
+    "ADAPTATIONS",
+    "AdaptedTeacherClassifier",
+    "as_lora_targets",
+    "inject_lora",
+    "lora_target_modules",
+    "plain_convs",
+]
 
 ADAPTATIONS = ("finetune", "lora")
 LORA_KEY = "lora_"  # peft's adapter parameters are lora_A/lora_B (and lora_embedding_*, lora_magnitude_*)
@@ -153,10 +160,13 @@ def inject_lora(
     if isinstance(targets, str) and not targets.strip():
         targets = None
     plain_convs(teacher.model)
-    names = lora_target_modules(teacher) if targets is None else ([targets] if isinstance(targets, str) else list(targets))
+    names = (
+        lora_target_modules(teacher) if targets is None else ([targets] if isinstance(targets, str) else list(targets))
+    )
     if not names:
         raise OptionError(
-            f"teacher {teacher.name!r} runs no Linear or Conv2d layer LoRA could adapt; name layers with --lora_targets."
+            f"teacher {teacher.name!r} runs no Linear or Conv2d layer LoRA could adapt; "
+            "name layers with --lora_targets."
         )
     config = peft.LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none",
@@ -215,7 +225,9 @@ class AdaptedTeacherClassifier(TeacherLinearProbe):
         if mode not in ADAPTATIONS:
             raise OptionError(f"teacher adaptation mode must be one of {', '.join(ADAPTATIONS)}; got {mode!r}.")
         if not hasattr(teacher, "extract"):
-            raise TypeError(f"the teacher must be a monai_rd FrozenTeacher (with extract()); got {type(teacher).__name__}.")
+            raise TypeError(
+                f"the teacher must be a monai_rd FrozenTeacher (with extract()); got {type(teacher).__name__}."
+            )
         self.mode = mode
         self.adapted_layers = inject_lora(teacher, lora_rank, lora_alpha, lora_targets) if mode == "lora" else []
         super().__init__(teacher, probe)

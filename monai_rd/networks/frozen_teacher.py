@@ -64,7 +64,9 @@ class FrozenTeacher(nn.Module):
     ) -> None:
         super().__init__()
         if len(mean) != in_channels or len(std) != in_channels:
-            raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} must each have in_channels={in_channels} values.")
+            raise ValueError(
+                f"mean {tuple(mean)} and std {tuple(std)} must each have in_channels={in_channels} values."
+            )
         self.model = model
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -119,7 +121,8 @@ class FrozenTeacher(nn.Module):
         if c != self.in_channels:
             if c != 1:
                 raise ValueError(
-                    f"teacher {self.name!r} takes {self.in_channels} channels or 1 (repeated); got input {tuple(x.shape)}."
+                    f"teacher {self.name!r} takes {self.in_channels} channels or 1 (repeated); "
+                    f"got input {tuple(x.shape)}."
                 )
             x = x.expand(-1, self.in_channels, *x.shape[2:])
         if self.input_size is not None and tuple(x.shape[2:]) != self.input_size:
@@ -293,5 +296,7 @@ class FrozenTeacher(nn.Module):
         h.update(self.mean.cpu().numpy().tobytes() + self.std.cpu().numpy().tobytes())
         for k, v in self.model.state_dict().items():
             h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+            h.update(
+                v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b""
+            )
         return h.hexdigest()

@@ -73,7 +73,7 @@ class _UNetStages(SegmentationStages):
         self.blocks: list[tuple[nn.Module, nn.Module, nn.Module]] = []  # (down, skip, up) per block
         self._names: list[str] = []
         block, path = unet.model, f"{unet_path}model"
-        for k in range(len(unet.channels) - 1):
+        for _ in range(len(unet.channels) - 1):
             down, skip, up = block[0], block[1], block[2]
             self.blocks.append((down, skip, up))
             self._names.append(f"{path}.0")

@@ -177,7 +177,9 @@ def resolve_weights(
             check_sha256(local, sha256)
             return Path(local)
 
-    source = url or (f"https://huggingface.co/{hf_repo}/blob/main/{hf_filename or Path(filename).name}" if hf_repo else None)
+    source = url or (
+        f"https://huggingface.co/{hf_repo}/blob/main/{hf_filename or Path(filename).name}" if hf_repo else None
+    )
     source = source or manual or "the authors' release page"
     reason = f" ({type(error).__name__}: {error})" if error is not None else ""
     raise WeightsUnavailableError(

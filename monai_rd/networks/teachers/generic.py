@@ -112,7 +112,11 @@ def timm_teacher(
     size = tuple(input_size) if input_size is not None else tuple(cfg.get("input_size", (3, 224, 224))[1:])
     mean = tuple(mean) if mean is not None else tuple(cfg.get("mean", IMAGENET_MEAN))
     std = tuple(std) if std is not None else tuple(cfg.get("std", IMAGENET_STD))
-    if getattr(model, "dynamic_img_size", None) is False and hasattr(model, "set_input_size") and input_size is not None:
+    if (
+        getattr(model, "dynamic_img_size", None) is False
+        and hasattr(model, "set_input_size")
+        and input_size is not None
+    ):
         model.set_input_size(img_size=size)
     tappable = bool(getattr(model, "feature_info", None)) and hasattr(model, "forward_intermediates")
     return FrozenTeacher(
@@ -229,7 +233,10 @@ def _fix_legacy_densenet(state: dict[str, torch.Tensor]) -> None:
     """Rename pre-0.3 torchvision DenseNet keys (``norm.1``) in place, as torchvision itself does."""
     import re
 
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+    pattern = re.compile(
+        r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+        r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+    )
     for key in list(state):
         match = pattern.match(key)
         if match:
@@ -325,7 +332,11 @@ def open_clip_teacher(
 
     teacher_name = f"open_clip:{model_name}"
     arch, _, tag = model_name.partition("@")
-    source = str(checked_file(weights, name=teacher_name, sha256=sha256)) if weights is not None else (pretrained or tag or None)
+    source = (
+        str(checked_file(weights, name=teacher_name, sha256=sha256))
+        if weights is not None
+        else (pretrained or tag or None)
+    )
     if source is None and not arch.startswith("hf-hub:"):
         raise WeightsUnavailableError(
             f"teacher {teacher_name!r} needs weights: pass weights=<open_clip checkpoint>, a tag "
@@ -391,7 +402,9 @@ def torchscript_teacher(
     try:
         model = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        raise RuntimeError(f"{path} is not a TorchScript archive ({e}); use 'state_dict:<arch>' for state dicts.") from e
+        raise RuntimeError(
+            f"{path} is not a TorchScript archive ({e}); use 'state_dict:<arch>' for state dicts."
+        ) from e
     return FrozenTeacher(
         model, input_size=input_size, mean=tuple(mean), std=tuple(std), in_channels=len(mean),
         num_prefix_tokens=num_prefix_tokens, autocast_dtype=autocast_dtype, name=f"torchscript:{path.name}",

@@ -166,7 +166,9 @@ def sam_encoder_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     feature_layer="blocks.11 output (before neck)",
     out_channels=768,
     weights_file="lvmmed_vit.pth",
-    checkpoint_layout="SAM image-encoder keys (patch_embed.*, pos_embed, blocks.<i>.*, neck.*); image_encoder.* accepted",
+    checkpoint_layout=(
+        "SAM image-encoder keys (patch_embed.*, pos_embed, blocks.<i>.*, neck.*); image_encoder.* accepted"
+    ),
     stages=vit_block_stages(12),
 )
 def lvm_med_vit_b_teacher(
@@ -195,7 +197,9 @@ def lvm_med_vit_b_teacher(
     """
     import timm
 
-    path = resolve_weights(weights, filename="lvm_med/lvmmed_vit.pth", name="lvm-med-vit-b", manual=_README, sha256=sha256)
+    path = resolve_weights(
+        weights, filename="lvm_med/lvmmed_vit.pth", name="lvm-med-vit-b", manual=_README, sha256=sha256
+    )
     size = tuple(input_size) if input_size is not None else (1024, 1024)
     vit = timm.create_model(
         "samvit_base_patch16", pretrained=False, num_classes=0, depth=depth, img_size=1024

@@ -49,7 +49,11 @@ class _CLIPBottleneck(nn.Module):
             # published keys: downsample.0 (conv) and downsample.1 (bn); "-1" is the parameter-free pool
             self.downsample = nn.Sequential(
                 OrderedDict(
-                    [("-1", nn.AvgPool2d(stride)), ("0", nn.Conv2d(inplanes, out, 1, bias=False)), ("1", nn.BatchNorm2d(out))]
+                    [
+                        ("-1", nn.AvgPool2d(stride)),
+                        ("0", nn.Conv2d(inplanes, out, 1, bias=False)),
+                        ("1", nn.BatchNorm2d(out)),
+                    ]
                 )
             )
 

@@ -98,7 +98,9 @@ def dinov2_layer_stages(num_layers: int) -> tuple[str, ...]:
 def _hub_file(name: str) -> Path | None:
     """A small published config file from the cache/hub, or None (the built-in copies of its values are used)."""
     try:
-        return resolve_weights(None, filename=f"rad_dino/{name}", name="rad-dino", hf_repo=RAD_DINO_HF_REPO, hf_filename=name)
+        return resolve_weights(
+            None, filename=f"rad_dino/{name}", name="rad-dino", hf_repo=RAD_DINO_HF_REPO, hf_filename=name
+        )
     except FileNotFoundError:
         return None
 

@@ -76,7 +76,10 @@ class RadImageNetBackbone(nn.Module):
 
 
 # pre-0.3 torchvision DenseNet names ("denselayer1.norm.1.weight") -> current names ("denselayer1.norm1.weight")
-_OLD_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_OLD_DENSENET = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 def _to_backbone_layout(key: str, arch: str) -> str:
@@ -179,4 +182,6 @@ def radimagenet_densenet121_teacher(
         WeightsUnavailableError: the file is not available locally.
         CheckpointKeyError: the keys do not match.
     """
-    return _build("densenet121", "radimagenet-densenet121", "DenseNet121.pt", weights, sha256, autocast_dtype, input_size)
+    return _build(
+        "densenet121", "radimagenet-densenet121", "DenseNet121.pt", weights, sha256, autocast_dtype, input_size
+    )
