@@ -140,8 +140,8 @@ def test_a_3d_student_exports_from_one_volume(tmp_path):
     x, _ = preprocess_images(parser, str(images))
     assert x.shape == (1, 1, 16, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(load_exported(str(out), "torch_export")(x.repeat(3, 1, 1, 1, 1)), net(x).repeat(3, 1),
-                                   rtol=0, atol=1e-4)
+        torch.testing.assert_close(load_exported(str(out), "torch_export")(x.repeat(3, 1, 1, 1, 1)),
+                                   net(x).repeat(3, 1), rtol=0, atol=1e-4)
 
 
 def test_bad_check_images_are_named_and_a_nan_image_is_not_blamed_on_the_exporter(tmp_path):

@@ -53,7 +53,9 @@ def test_joining_outside_torchrun_names_the_command(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(DistributedRunError, match="torchrun --nproc_per_node"):
         distributed.init_process_group()
-    for var, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "x"), ("MASTER_PORT", "1")):
+    for var, value in (
+        ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "x"), ("MASTER_PORT", "1")
+    ):
         monkeypatch.setenv(var, value)
     for bad in (0, -5, "soon", None):
         with pytest.raises(OptionError, match="dist_timeout"):

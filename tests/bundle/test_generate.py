@@ -16,7 +16,9 @@ BUNDLES = sorted(
 
 
 def test_every_bundle_is_generated():
-    assert {os.path.basename(b) for b in BUNDLES} >= {"rd_demo", "rd_busi", "rd_isic2018", "rd_covid_ct", "rd_btc", "rd_chestxray"}
+    assert {os.path.basename(b) for b in BUNDLES} >= {
+        "rd_demo", "rd_busi", "rd_isic2018", "rd_covid_ct", "rd_btc", "rd_chestxray"
+    }
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=os.path.basename)
@@ -46,7 +48,9 @@ def test_set_by_id_and_unknown_ids():
 def test_check_mode_reports_a_stale_file(tmp_path, monkeypatch, capsys):
     bundle = tmp_path / "bundles" / "rd_x" / "configs"
     bundle.mkdir(parents=True)
-    (bundle / "overrides.json").write_text(json.dumps({"common": {"image_size": 32, "batch_size": 8}, "train": {"epochs": 2}}))
+    (bundle / "overrides.json").write_text(
+        json.dumps({"common": {"image_size": 32, "batch_size": 8}, "train": {"epochs": 2}})
+    )
     monkeypatch.chdir(tmp_path)
     assert main([]) == 0
     assert all((bundle / f).is_file() for f in GENERATED)

@@ -34,7 +34,9 @@ def test_spec_records_what_the_model_needs(trained):
 def test_no_option_takes_the_models_values_and_agreeing_ones_pass(trained):
     spec = read_model_spec(str(trained), "/elsewhere/bundles/rd_x")
     assert spec["image_size"] == 32
-    assert read_model_spec(str(trained), "bundles/rd_x", image_size="32", class_names=["a", "b", "c"])["in_channels"] == 3
+    assert read_model_spec(
+        str(trained), "bundles/rd_x", image_size="32", class_names=["a", "b", "c"]
+    )["in_channels"] == 3
 
 
 @pytest.mark.parametrize("option,value", [("image_size", 224), ("class_names", ["a", "c", "b"]), ("in_channels", 1),
@@ -135,7 +137,9 @@ def test_a_segmentation_spec_records_the_window_grid_and_unet_and_refuses_contra
                 student_channels="[8,16]", axcodes=None)
     assert read_model_spec(str(tmp_path), "bundles/rd_x", task="segmentation", **same)["axcodes"] == "RAS"
     # the sliding window is an inference choice: a given one is used
-    assert read_model_spec(str(tmp_path), "bundles/rd_x", task="segmentation", roi_size="[32,32,16]")["roi_size"] == [32, 32, 16]
+    assert read_model_spec(
+        str(tmp_path), "bundles/rd_x", task="segmentation", roi_size="[32,32,16]"
+    )["roi_size"] == [32, 32, 16]
     for option, value in (("pixdim", "[1,1,1]"), ("axcodes", "LPS"),
                           ("student_channels", [16, 32]), ("intensity_range", [0, 255])):
         with pytest.raises(OptionError, match=f"--{option} .* contradicts the trained model's"):

@@ -44,7 +44,9 @@ def test_resume_picks_the_newest_checkpoint_and_checks_its_fingerprint(tmp_path)
     ckpt = tmp_path / "models"
     ckpt.mkdir()
     for epoch in (2, 10):  # numeric, not lexical: epoch 10 is newer than 2
-        torch.save({"run_state": {"fingerprint": {"epochs": 12, "batch_size": 4}}}, ckpt / f"checkpoint_epoch={epoch}.pt")
+        torch.save(
+            {"run_state": {"fingerprint": {"epochs": 12, "batch_size": 4}}}, ckpt / f"checkpoint_epoch={epoch}.pt"
+        )
     assert latest_checkpoint(str(ckpt)).endswith("checkpoint_epoch=10.pt")
     path = prepare_run_folder(str(ckpt), str(tmp_path / "e"), resume=True, overwrite=False,
                               fingerprint={"epochs": 12, "batch_size": 4})

@@ -15,7 +15,11 @@ _ASSIGNMENT = re.compile(r"[A-Za-z_]\w*=\S+")
 
 def _bash_lines(path: str) -> list[str]:
     text = open(os.path.join(REPO, path)).read()
-    return [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.replace("\\\n", " ").splitlines()]
+    return [
+        line
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+        for line in block.replace("\\\n", " ").splitlines()
+    ]
 
 
 def bash_commands(path: str) -> list[str]:

@@ -3,7 +3,9 @@
 import torch
 
 
-def assert_torchscript_matches_eager(bundle_dir: str, models_dir: str, images_dir: str, num_classes: int) -> torch.Tensor:
+def assert_torchscript_matches_eager(
+    bundle_dir: str, models_dir: str, images_dir: str, num_classes: int
+) -> torch.Tensor:
     """Load ``models_dir/model.pt`` into the bundle's network and ``models_dir/model.ts`` independently of
     ``ckpt_export``, run both through the bundle's own preprocessing and inferer on the first image of ``images_dir``,
     and assert they agree within 1e-5.

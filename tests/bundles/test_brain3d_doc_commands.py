@@ -38,7 +38,9 @@ def root(tmp_path_factory):
     full = json.load(open(os.path.join(REPO, BUNDLE, "data", "datalist.json")))
     small = {"classes": full["classes"]}
     for split, k in {"training": 7, "validation": 2, "test": 2}.items():
-        small[split] = [it for c in range(len(full["classes"])) for it in [i for i in full[split] if i["label"] == c][:k]]
+        small[split] = [
+            it for c in range(len(full["classes"])) for it in [i for i in full[split] if i["label"] == c][:k]
+        ]
     (data / "datalist.json").write_text(json.dumps(small))
     return root, small
 

@@ -12,7 +12,9 @@ from monai.bundle import ConfigParser
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLES = sorted(glob.glob(os.path.join(REPO, "bundles", "*", "configs")))
 REF = re.compile(r"@([\w#]+)")
-REQUIRED_META = ("version", "changelog", "monai_version", "pytorch_version", "task", "description", "network_data_format")
+REQUIRED_META = (
+    "version", "changelog", "monai_version", "pytorch_version", "task", "description", "network_data_format"
+)
 
 
 def _walk(obj):

@@ -60,7 +60,9 @@ def _train_and_evaluate(bundle, overrides, tmp):
     assert os.path.isfile(tmp / "models" / "checkpoint_epoch=1.pt")
     val = json.load(open(tmp / "eval" / "val_metrics.json"))
     assert [h["epoch"] for h in val["history"]] == [1]
-    monai.bundle.run(config_file=[os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")], **overrides)
+    monai.bundle.run(
+        config_file=[os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")], **overrides
+    )
     test = json.load(open(tmp / "eval" / "test_metrics.json"))
     assert test["split"] == "test" and test["checkpoint"].endswith("model.pt")
     return val, test

@@ -96,7 +96,9 @@ def test_every_documented_command_runs_as_typed(root):
     # `--phi_hidden null` built the paper's Φ (no bottleneck)
     paper = torch.load(next((models / "paper_phi").glob("checkpoint_epoch=*.pt")), weights_only=True)
     rd = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)
-    assert sum(v.numel() for v in paper["reprogrammer"].values()) > 10 * sum(v.numel() for v in rd["reprogrammer"].values())
+    assert sum(v.numel() for v in paper["reprogrammer"].values()) > 10 * sum(
+        v.numel() for v in rd["reprogrammer"].values()
+    )
     # --overwrite moved the first run aside; the second (2 epochs) is what the folder holds now
     assert list(models.glob("checkpoint_epoch=2.pt")) and list(models.glob("replaced-*/model.pt"))
     test = json.load(open(evald / "test_metrics.json"))
@@ -121,8 +123,8 @@ def test_every_documented_command_runs_as_typed(root):
 def test_a_mistyped_flag_stops_at_once_with_a_message_naming_it(root, tmp_path):
     """Catches an on/off option that accepts a typo (`flase`) silently, or an error that is not the last line."""
     run = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"{DEMO}/configs/train.json", "--distill", "flase",
-         "--ckpt_dir", str(tmp_path / "m"), "--output_dir", str(tmp_path / "e")],
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"{DEMO}/configs/train.json",
+         "--distill", "flase", "--ckpt_dir", str(tmp_path / "m"), "--output_dir", str(tmp_path / "e")],
         cwd=root, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode != 0

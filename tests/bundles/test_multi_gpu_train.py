@@ -1,4 +1,5 @@
-"""Every bundle's configs/multi_gpu_train.json over its train.json, and the demo run as typed with torchrun (2 CPU ranks)."""
+"""Every bundle's configs/multi_gpu_train.json over its train.json, and the demo run as typed with torchrun
+(2 CPU ranks)."""
 
 import functools
 import json
@@ -123,7 +124,8 @@ def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_result(tmp_path):
     whole = torch.load(tmp_path / "whole" / "models" / "checkpoint_epoch=3.pt", weights_only=True)
     resumed = torch.load(killed / "checkpoint_epoch=3.pt", weights_only=True)
     for part in ("network", "reprogrammer", "optimizer"):
-        flat_w, flat_r = torch.utils._pytree.tree_flatten(whole[part])[0], torch.utils._pytree.tree_flatten(resumed[part])[0]
+        flat_w = torch.utils._pytree.tree_flatten(whole[part])[0]
+        flat_r = torch.utils._pytree.tree_flatten(resumed[part])[0]
         assert len(flat_w) == len(flat_r)
         assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(flat_w, flat_r)), part
     assert (tmp_path / "whole" / "models" / "model.pt").read_bytes() == (killed / "model.pt").read_bytes()

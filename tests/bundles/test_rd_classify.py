@@ -77,8 +77,12 @@ def test_the_documented_commands_train_evaluate_predict_and_export(tmp_path):
     classes = ["ct", "mr", "us"]
     datalist = json.load(open(run / "models" / "datalist.json"))
     assert datalist["classes"] == classes
-    assert datalist["class_counts"] == {s: {c: n for c in classes} for s, n in (("training", 2), ("validation", 1), ("test", 1))}
-    assert any(it["image"] == os.path.join("ct", "IM0001") for s in ("training", "validation", "test") for it in datalist[s])
+    assert datalist["class_counts"] == {
+        s: {c: n for c in classes} for s, n in (("training", 2), ("validation", 1), ("test", 1))
+    }
+    assert any(
+        it["image"] == os.path.join("ct", "IM0001") for s in ("training", "validation", "test") for it in datalist[s]
+    )
     assert os.path.getsize(run / "models" / "model.pt") > 1_000_000
     spec = json.load(open(run / "models" / "model_meta.json"))
     assert spec["class_names"] == classes and spec["image_size"] == 32

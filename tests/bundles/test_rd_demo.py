@@ -81,8 +81,8 @@ def test_alpha_beta_end_values_as_the_command_line_gives_them(tmp_path, method, 
     parser = monai.bundle.ConfigParser()
     parser.read_config(os.path.join(CONFIGS, "train.json"))
     cli = {"bundle_root": BUNDLE, "datalist_json": str(tmp_path / "datalist.json"), "epochs": "2", "batch_size": "5",
-           "method": method, "alpha_start": "0.5", "alpha_end": "0.25", "beta_end": "1", "ckpt_dir": str(tmp_path / "m"),
-           "output_dir": str(tmp_path / "e")}
+           "method": method, "alpha_start": "0.5", "alpha_end": "0.25", "beta_end": "1",
+           "ckpt_dir": str(tmp_path / "m"), "output_dir": str(tmp_path / "e")}
     parser.update(cli)
     method_def = parser.get_parsed_content("method_def")  # the teacher and cache as initialize builds them
     method_def.prepare(parser.get_parsed_content("datalist"), parser.get_parsed_content("base_transforms"),
@@ -107,7 +107,9 @@ def test_alpha_beta_end_values_as_the_command_line_gives_them(tmp_path, method, 
 
 def test_evaluation_equals_the_deployed_models_predictions(tiny, tmp_path):
     tmp, overrides, sub, _ = tiny
-    monai.bundle.run(config_file=[os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json")], **overrides)
+    monai.bundle.run(
+        config_file=[os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json")], **overrides
+    )
     test = json.load(open(tmp / "eval" / "test_metrics.json"))
     assert test["split"] == "test" and test["checkpoint"].endswith("model.pt") and "best_metric_epoch" not in test
     assert torch.tensor(test["final"]["confusion_matrix"]).sum() == 10
@@ -119,8 +121,8 @@ def test_evaluation_equals_the_deployed_models_predictions(tiny, tmp_path):
         name = os.path.basename(it["image"])
         (images / name).write_bytes(open(os.path.join(BUNDLE, "data", it["image"]), "rb").read())
         labels[name] = sub["classes"][it["label"]]
-    monai.bundle.run(config_file=os.path.join(CONFIGS, "inference.json"), bundle_root=BUNDLE, ckpt_dir=str(tmp / "models"),
-                     output_dir=str(tmp_path / "infer"), input_dir=str(images))
+    monai.bundle.run(config_file=os.path.join(CONFIGS, "inference.json"), bundle_root=BUNDLE,
+                     ckpt_dir=str(tmp / "models"), output_dir=str(tmp_path / "infer"), input_dir=str(images))
     rows = list(csv.DictReader(open(tmp_path / "infer" / "predictions.csv")))
     assert len(rows) == 10
     hits = [r["predicted"] == labels[os.path.basename(r["image"])] for r in rows]
@@ -159,8 +161,9 @@ def test_student_alone_needs_no_teacher(tiny, tmp_path):
 
 def _train_cli(tmp, name, *extra):
     return [sys.executable, "-m", "monai.bundle", "run", "--config_file", os.path.join(CONFIGS, "train.json"),
-            "--bundle_root", BUNDLE, "--datalist_json", str(tmp / "datalist.json"), "--epochs", "3", "--batch_size", "5",
-            "--ckpt_dir", str(tmp / name / "models"), "--output_dir", str(tmp / name / "eval"), *extra]
+            "--bundle_root", BUNDLE, "--datalist_json", str(tmp / "datalist.json"), "--epochs", "3",
+            "--batch_size", "5", "--ckpt_dir", str(tmp / name / "models"), "--output_dir", str(tmp / name / "eval"),
+            *extra]
 
 
 @pytest.mark.slow
@@ -180,13 +183,18 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     whole = torch.load(tmp_path / "whole" / "models" / "checkpoint_epoch=3.pt", weights_only=True)
     resumed = torch.load(tmp_path / "killed" / "models" / "checkpoint_epoch=3.pt", weights_only=True)
     for part in ("network", "reprogrammer", "optimizer"):
-        flat_w, flat_r = torch.utils._pytree.tree_flatten(whole[part])[0], torch.utils._pytree.tree_flatten(resumed[part])[0]
+        flat_w = torch.utils._pytree.tree_flatten(whole[part])[0]
+        flat_r = torch.utils._pytree.tree_flatten(resumed[part])[0]
         assert len(flat_w) == len(flat_r)
         assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(flat_w, flat_r)), part
-    assert (tmp_path / "whole" / "models" / "model.pt").read_bytes() == (tmp_path / "killed" / "models" / "model.pt").read_bytes()
+    assert (tmp_path / "whole" / "models" / "model.pt").read_bytes() == (
+        tmp_path / "killed" / "models" / "model.pt"
+    ).read_bytes()
     metrics = [json.load(open(tmp_path / r / "eval" / "val_metrics.json")) for r in ("whole", "killed")]
     assert metrics[0]["history"] == metrics[1]["history"] and len(metrics[1]["history"]) == 3
-    assert sorted(os.listdir(tmp_path / "killed" / "models")) == ["checkpoint_epoch=3.pt", "model.pt", "model_meta.json"]
+    assert sorted(os.listdir(tmp_path / "killed" / "models")) == [
+        "checkpoint_epoch=3.pt", "model.pt", "model_meta.json"
+    ]
 
 
 def test_evaluation_inference_and_export_use_the_models_own_size_and_classes(tmp_path):
@@ -201,7 +209,9 @@ def test_evaluation_inference_and_export_use_the_models_own_size_and_classes(tmp
     keep = {full["classes"].index(c): i for i, c in enumerate(classes)}
     sub = {"classes": classes, "seed": full["seed"]}
     for split, k in {"training": 4, "validation": 2, "test": 2}.items():
-        sub[split] = [{**it, "label": keep[it["label"]]} for c in keep for it in [i for i in full[split] if i["label"] == c][:k]]
+        sub[split] = [
+            {**it, "label": keep[it["label"]]} for c in keep for it in [i for i in full[split] if i["label"] == c][:k]
+        ]
     (tmp_path / "datalist.json").write_text(json.dumps(sub))
     paths = {"bundle_root": BUNDLE, "datalist_json": str(tmp_path / "datalist.json"),
              "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
@@ -218,7 +228,9 @@ def test_evaluation_inference_and_export_use_the_models_own_size_and_classes(tmp
     images = tmp_path / "images"
     images.mkdir()
     for it in sub["test"]:
-        (images / os.path.basename(it["image"])).write_bytes(open(os.path.join(BUNDLE, "data", it["image"]), "rb").read())
+        (images / os.path.basename(it["image"])).write_bytes(
+            open(os.path.join(BUNDLE, "data", it["image"]), "rb").read()
+        )
     monai.bundle.run(config_file=os.path.join(CONFIGS, "inference.json"), bundle_root=BUNDLE, input_dir=str(images),
                      ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "infer"))
     rows = list(csv.DictReader(open(tmp_path / "infer" / "predictions.csv")))
@@ -226,7 +238,9 @@ def test_evaluation_inference_and_export_use_the_models_own_size_and_classes(tmp
     eager = StudentClassifier("resnet18", num_classes=3, in_channels=1)
     eager.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
     eager.eval()
-    prep = Compose([LoadImage(image_only=True, ensure_channel_first=True), ToGrayscale(), ScaleIntensity(), Resize((48, 48))])
+    prep = Compose(
+        [LoadImage(image_only=True, ensure_channel_first=True), ToGrayscale(), ScaleIntensity(), Resize((48, 48))]
+    )
     with torch.no_grad():
         x = torch.stack([torch.as_tensor(prep(r["image"])).float() for r in rows])
         expected = torch.softmax(eager(x), 1)
@@ -234,8 +248,10 @@ def test_evaluation_inference_and_export_use_the_models_own_size_and_classes(tmp
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
     # export builds the same network from the model's spec
-    monai.bundle.ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "models" / "model.pt"),
-                             meta_file=os.path.join(CONFIGS, "metadata.json"), config_file=os.path.join(CONFIGS, "inference.json"),
+    monai.bundle.ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"),
+                             ckpt_file=str(tmp_path / "models" / "model.pt"),
+                             meta_file=os.path.join(CONFIGS, "metadata.json"),
+                             config_file=os.path.join(CONFIGS, "inference.json"),
                              bundle_root=BUNDLE, ckpt_dir=str(tmp_path / "models"))
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(tmp_path / "model.ts"))(x), eager(x), atol=1e-5, rtol=1e-4)

@@ -23,8 +23,9 @@ def _run(tmp, method, config):
     for split, k in {"training": 2, "validation": 2, "test": 2}.items():
         sub[split] = [it for c in range(len(full["classes"])) for it in [i for i in full[split] if i["label"] == c][:k]]
     (tmp / "datalist.json").write_text(json.dumps(sub))
-    options = ["--bundle_root", BUNDLE, "--datalist_json", str(tmp / "datalist.json"), "--ckpt_dir", str(tmp / "models"),
-               "--output_dir", str(tmp / "eval"), "--method", method, "--epochs", "1", "--batch_size", "5"]
+    options = ["--bundle_root", BUNDLE, "--datalist_json", str(tmp / "datalist.json"),
+               "--ckpt_dir", str(tmp / "models"), "--output_dir", str(tmp / "eval"), "--method", method,
+               "--epochs", "1", "--batch_size", "5"]
     out = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *options],
                          capture_output=True, text=True, timeout=600, cwd=REPO,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})

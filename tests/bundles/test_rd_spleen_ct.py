@@ -19,7 +19,9 @@ CONFIGS = os.path.join(BUNDLE, "configs")
 TINY = ["--student_channels", "[4, 8]", "--student_strides", "[2]", "--roi_size", "[32, 32, 16]"]
 
 # one source for the tiny MSD task: tests/datasets/test_decathlon.py
-_spec = importlib.util.spec_from_file_location("_decathlon_task", os.path.join(REPO, "tests", "datasets", "test_decathlon.py"))
+_spec = importlib.util.spec_from_file_location(
+    "_decathlon_task", os.path.join(REPO, "tests", "datasets", "test_decathlon.py")
+)
 _mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 write_decathlon_task = _mod.write_decathlon_task

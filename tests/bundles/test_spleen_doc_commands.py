@@ -34,7 +34,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.skipif(
     os.environ.get("MONAI_RD_LONG_TESTS") != "1", reason="long (about 30 min on 2 cores): set MONAI_RD_LONG_TESTS=1")]
 
 # one source for the tiny MSD task: tests/datasets/test_decathlon.py
-_spec = importlib.util.spec_from_file_location("_decathlon_task", os.path.join(REPO, "tests", "datasets", "test_decathlon.py"))
+_spec = importlib.util.spec_from_file_location(
+    "_decathlon_task", os.path.join(REPO, "tests", "datasets", "test_decathlon.py")
+)
 _mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 write_decathlon_task = _mod.write_decathlon_task

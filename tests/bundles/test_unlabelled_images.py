@@ -62,7 +62,8 @@ def test_rd_trains_on_the_unlabelled_images_and_the_student_alone_does_not(tmp_p
     assert len(cache) == labelled + N_UNLABELLED  # teacher features of the unlabelled images too
     labels, _ = _train(tmp_path / "alone", tmp_path / "datalist.json", method="student")
     assert UNLABELLED not in labels and len(labels) == labelled // 4 * 4
-    labels, _ = _train(tmp_path / "off", tmp_path / "datalist.json", unlabelled="false")  # as the command line passes it
+    # as the command line passes it
+    labels, _ = _train(tmp_path / "off", tmp_path / "datalist.json", unlabelled="false")
     assert UNLABELLED not in labels
 
 

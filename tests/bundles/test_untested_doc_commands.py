@@ -75,8 +75,9 @@ def test_the_readme_and_docs_show_commands_of_every_kind_the_runners_cover():
     """Catches a check that passes because it reads nothing: the pages show the demo's, your own data's, the label
     server's and the test command, and each runner's selection is not empty."""
     shown = [c for doc in FRONT_DOCS for c in bash_commands(doc)]
-    for start in ("python -m monai.bundle", "torchrun ", "python -m monai_rd.make_datalist", "python -m monai_rd.export",
-                  "python -m monai_rd.compare", "monailabel start_server", "python -m pytest tests -q"):
+    for start in ("python -m monai.bundle", "torchrun ", "python -m monai_rd.make_datalist",
+                  "python -m monai_rd.export", "python -m monai_rd.compare", "monailabel start_server",
+                  "python -m pytest tests -q"):
         assert any(c.startswith(start) for c in shown), start
     assert all(runner_commands().values())
 

@@ -23,7 +23,8 @@ def _covered(name):
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    # the image encodes each voxel's x, y and z, the labels change with every step along each axis, so a patch shows where it came from
+    # the image encodes each voxel's x, y and z, the labels change with every step along each axis,
+    # so a patch shows where it came from
     tmp = tmp_path_factory.mktemp("brain3d")
     shape = (90, 108, 90)
     x, y, z = np.meshgrid(*(np.arange(s) for s in shape), indexing="ij")

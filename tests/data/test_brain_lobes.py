@@ -24,7 +24,8 @@ def test_patches_are_labelled_by_centre_and_skip_block_edges(tmp_path):
     atlas[:20] = 1  # "frontal" in x < 20
     atlas[20:] = 43  # "occipital" in x >= 20
     counts = derive_brain_lobe_patches(
-        image, atlas, {1: "frontal", 43: "occipital"}, str(tmp_path), patch=8, block=10, grid_step=3, max_per_class_block=100
+        image, atlas, {1: "frontal", 43: "occipital"}, str(tmp_path),
+        patch=8, block=10, grid_step=3, max_per_class_block=100,
     )
     assert set(counts) == {"frontal", "occipital"}
     for lobe in counts:

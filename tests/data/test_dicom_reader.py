@@ -37,7 +37,9 @@ def dicom_file(name):
 def load(name, **kwargs):
     """Channel-first array as LoadImage gives it with the reader: (C, W, H)."""
     reader = DicomDisplayReader(**kwargs)
-    return np.asarray(LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(dicom_file(name), reader=reader))
+    return np.asarray(
+        LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(dicom_file(name), reader=reader)
+    )
 
 
 def shown(arr2d):

@@ -13,7 +13,9 @@ from monai_rd.networks import FrozenTeacher
 
 def _teacher(seed=0):
     torch.manual_seed(seed)
-    return FrozenTeacher(nn.Conv2d(3, 4, 3, stride=2), input_size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3, name="tiny")
+    return FrozenTeacher(
+        nn.Conv2d(3, 4, 3, stride=2), input_size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3, name="tiny"
+    )
 
 
 def _images(tmp_path, n=5):
@@ -69,7 +71,9 @@ def test_disk_cache_hits_and_misses_on_change(tmp_path):
     cache_dir = str(tmp_path / "cache")
 
     def build(teacher=None, transform=None):
-        return TeacherFeatureCache(teacher or _teacher(), transform or _base(), cache_dir=cache_dir, dtype=torch.float32).build(items)
+        return TeacherFeatureCache(
+            teacher or _teacher(), transform or _base(), cache_dir=cache_dir, dtype=torch.float32
+        ).build(items)
 
     first = build()
     assert (first.hits, first.misses) == (0, len(items))
@@ -84,7 +88,9 @@ def test_disk_cache_hits_and_misses_on_change(tmp_path):
     torch.testing.assert_close(changed.lookup(items[2]["image"])[0], live, rtol=1e-5, atol=1e-6)
     # another teacher (other weights) or another transform misses everything
     assert build(teacher=_teacher(seed=1)).misses == len(items)
-    other = Compose([LoadImaged("image", image_only=True, ensure_channel_first=True), ScaleIntensityd("image", minv=-1.0, maxv=1.0)])
+    other = Compose(
+        [LoadImaged("image", image_only=True, ensure_channel_first=True), ScaleIntensityd("image", minv=-1.0, maxv=1.0)]
+    )
     assert build(transform=other).misses == len(items)
 
 
@@ -101,7 +107,9 @@ def test_transform_adds_features_and_reports_unknown_images(tmp_path):
 
 def test_missing_image_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.png"):
-        TeacherFeatureCache(_teacher(), _base(), cache_dir=str(tmp_path)).build([{"image": str(tmp_path / "nowhere.png")}])
+        TeacherFeatureCache(_teacher(), _base(), cache_dir=str(tmp_path)).build(
+            [{"image": str(tmp_path / "nowhere.png")}]
+        )
 
 
 def test_index_output_and_gather_serve_the_same_features(tmp_path):

@@ -59,7 +59,7 @@ def test_class_folders_give_a_stratified_seeded_split_with_every_class(tmp_path)
 def test_a_patient_folder_stays_in_one_split_even_across_classes(tmp_path):
     root = tmp_path / "data"
     for p in range(12):  # 12 patients, each with images of both classes in a folder named after them
-        for k, lobe in enumerate(("frontal", "temporal")):
+        for _k, lobe in enumerate(("frontal", "temporal")):
             os.makedirs(root / lobe / f"P{p:02d}")
             for src in _pngs(lobe, 2, start=2 * p):
                 shutil.copy(src, root / lobe / f"P{p:02d}" / os.path.basename(src))
@@ -104,7 +104,10 @@ def test_a_json_table_with_integer_labels_needs_the_class_names(tmp_path):
 
 
 def test_some_rows_with_a_split_and_some_without_are_refused(tmp_path):
-    items = [{"image": p, "label": "frontal", **({"split": "test"} if i == 0 else {})} for i, p in enumerate(_pngs("frontal", 3))]
+    items = [
+        {"image": p, "label": "frontal", **({"split": "test"} if i == 0 else {})}
+        for i, p in enumerate(_pngs("frontal", 3))
+    ]
     (tmp_path / "table.json").write_text(json.dumps(items))
     with pytest.raises(DataCheckError, match="1 of 3 items have a split and the others do not"):
         make_datalist(str(tmp_path / "table.json"))
@@ -118,7 +121,9 @@ def test_an_empty_class_and_a_class_missing_from_a_split_are_refused(tmp_path):
     shutil.rmtree(root / "occipital")
     for extra in os.listdir(root / "temporal")[3:]:
         os.remove(root / "temporal" / extra)  # 3 images: round(3 * 0.15) = 0 for validation and test
-    with pytest.raises(DataCheckError, match=r"class 'temporal' has no image in validation; class 'temporal' has no image in test") as e:
+    with pytest.raises(
+        DataCheckError, match=r"class 'temporal' has no image in validation; class 'temporal' has no image in test"
+    ) as e:
         make_datalist(str(root), str(tmp_path / "datalist.json"))
     assert "raise --val/--test" in str(e.value)
     assert re.search(r"\ntemporal +3 +0 +0\n", str(e.value))  # the counts table shows where the class is missing

@@ -61,7 +61,9 @@ def test_multi_hot_and_patient_split(tmp_path, kaggle):
     assert val_p and not train_p & val_p  # no patient straddles training and validation
     assert 0.25 <= len(out["validation"]) / len(train_val) < 0.25 + 3 / len(train_val)
     assert chestxray14_datalist(str(root), None, seed=1, val_fraction=0.25) == out
-    assert {_patient(i) for i in chestxray14_datalist(str(root), None, seed=2, val_fraction=0.25)["validation"]} != val_p
+    assert {
+        _patient(i) for i in chestxray14_datalist(str(root), None, seed=2, val_fraction=0.25)["validation"]
+    } != val_p
     saved = json.load(open(dl))
     assert saved["findings"] == list(CHESTXRAY14_FINDINGS) and saved["val_fraction"] == 0.25
     assert chestxray14_datalist(str(root), str(dl), seed=1, val_fraction=0.25) == out  # re-read

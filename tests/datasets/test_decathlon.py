@@ -32,7 +32,8 @@ def write_decathlon_task(root, num_cases=4, num_test=1, shape=(24, 24, 12), spac
     training = []
     for i in range(num_cases + num_test):
         centre = rng.uniform(-0.3, 0.3, 3)
-        spleen = (((grid - centre[:, None, None, None]) / np.array([0.35, 0.25, 0.5])[:, None, None, None]) ** 2).sum(0) < 1
+        axes = np.array([0.35, 0.25, 0.5])[:, None, None, None]
+        spleen = (((grid - centre[:, None, None, None]) / axes) ** 2).sum(0) < 1
         ct = np.where(body, 40.0, -1000.0) + rng.normal(0, 10, shape)
         ct[spleen] = 110.0 + rng.normal(0, 10, int(spleen.sum()))
         name = f"spleen_{i}.nii.gz"

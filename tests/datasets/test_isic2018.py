@@ -14,7 +14,7 @@ SPLITS = {"training": "Training", "validation": "Validation", "test": "Test"}
 
 def _make(root, per_class=(2, 1, 1)):
     n = 24306
-    for (split, name), k in zip(SPLITS.items(), per_class):
+    for (_split, name), k in zip(SPLITS.items(), per_class):
         in_dir = root / f"ISIC2018_Task3_{name}_Input"
         gt_dir = root / f"ISIC2018_Task3_{name}_GroundTruth"
         in_dir.mkdir(parents=True)
@@ -42,11 +42,15 @@ def test_official_splits_and_labels(tmp_path):
     for split, name in SPLITS.items():
         for it in out[split]:
             assert os.path.isabs(it["image"]) and f"ISIC2018_Task3_{name}_Input" in it["image"]
-        assert sorted(it["label"] for it in out[split]) == sorted(c for c in range(7) for _ in range(len(out[split]) // 7))
+        assert sorted(it["label"] for it in out[split]) == sorted(
+            c for c in range(7) for _ in range(len(out[split]) // 7)
+        )
     # the label is the one-hot column: the first training image of each class is in the CSV's class order
     rows = list(csv.DictReader(open(_gt(root, "Training"))))
     by_id = {os.path.basename(it["image"])[:-4]: it["label"] for it in out["training"]}
-    assert all(by_id[r["image"]] == ISIC2018_CLASSES.index(next(c for c in ISIC2018_CLASSES if r[c] == "1.0")) for r in rows)
+    assert all(
+        by_id[r["image"]] == ISIC2018_CLASSES.index(next(c for c in ISIC2018_CLASSES if r[c] == "1.0")) for r in rows
+    )
     saved = json.load(open(tmp_path / "dl.json"))
     assert saved["classes"] == list(ISIC2018_CLASSES) and saved["split"] == "official"
     assert not os.path.isabs(saved["training"][0]["image"])

@@ -87,7 +87,9 @@ def train(rank: int, world: int, released: list | None = None) -> dict[str, torc
     if released is not None:
         gc.collect()  # as distributed.shutdown does
         released.append(wrapper() is None and not isinstance(trainer.trainable_step, DistributedDataParallel))
-    return {f"{k}.{n}": t.detach().clone() for k in ("network", "reprogrammer") for n, t in parts[k].state_dict().items()}
+    return {
+        f"{k}.{n}": t.detach().clone() for k in ("network", "reprogrammer") for n, t in parts[k].state_dict().items()
+    }
 
 
 def load_item(item: dict) -> dict:

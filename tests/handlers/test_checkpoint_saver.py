@@ -13,7 +13,9 @@ def test_previous_checkpoint_survives_a_failed_save(tmp_path):
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     engine = Engine(lambda e, b: None)
-    saver = CrashSafeCheckpointSaver(str(tmp_path), {"net": net, "opt": opt}, save_interval=1, epoch_level=True, n_saved=1)
+    saver = CrashSafeCheckpointSaver(
+        str(tmp_path), {"net": net, "opt": opt}, save_interval=1, epoch_level=True, n_saved=1
+    )
     saver.attach(engine)
     engine.run([0], max_epochs=2)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint_epoch=2.pt"]

@@ -8,7 +8,10 @@ from monai_rd.handlers import MetricsJSONWriter, TrainingCurvePlotter, loss_term
 
 
 def test_stacked_from_engine_for_decollated_outputs():
-    out = [{"pred": torch.tensor([0.1, 0.9]), "label": torch.tensor([1])}, {"pred": torch.tensor([0.8, 0.2]), "label": torch.tensor([0])}]
+    out = [
+        {"pred": torch.tensor([0.1, 0.9]), "label": torch.tensor([1])},
+        {"pred": torch.tensor([0.8, 0.2]), "label": torch.tensor([0])},
+    ]
     pred, label = stacked_from_engine()(out)
     assert pred.shape == (2, 2) and label.tolist() == [1, 0]
     _, onehot = stacked_from_engine(onehot_label=2)(out)

@@ -13,7 +13,8 @@ REQUIRE_LABEL = "MONAI_RD_REQUIRE_LABEL"
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "label: needs monailabel (pip install -e \".[label]\"); starts a real MONAI Label server on 127.0.0.1"
+        "markers",
+        "label: needs monailabel (pip install -e \".[label]\"); starts a real MONAI Label server on 127.0.0.1",
     )
     if os.environ.get(REQUIRE_LABEL, "0") not in ("", "0"):
         try:  # what the tests import: monailabel itself and the HTTP client of the server test

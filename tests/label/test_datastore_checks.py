@@ -155,7 +155,9 @@ def test_a_failed_save_removes_the_upload_and_answers_carry_relative_paths(app):
     store.save_label(pngs[0], _write_json(tmp / "ok.json", {"label": "frontal"}), "final", {})
     info = store.get_image_info(pngs[0])
     assert info["path"] == pngs[0] + ".png"
-    assert store.datalist() == [{"image": pngs[0] + ".png", "label": os.path.join("labels", "final", pngs[0] + ".json")}]
+    assert store.datalist() == [
+        {"image": pngs[0] + ".png", "label": os.path.join("labels", "final", pngs[0] + ".json")}
+    ]
 
 
 def test_conform_label_map_keeps_the_values_and_takes_the_images_grid(tmp_path):

@@ -108,9 +108,9 @@ def served(tmp_path_factory):
                      MONAI_LABEL_SESSION_PATH=tmp / "sessions")
     with LabelServer(cmd, tmp, tmp / "server.log", env) as server:
         at_start = set(os.listdir(server_tmp))  # MONAI Label's logging config, the app's upload folder
-        yield {"server_tmp_at_start": at_start, "server": server, "url": server.url, "tmp": tmp, "root": root, "studies": studies,
-               "sentinel": sentinel, "models": models, "pngs": pngs, "slices": slices, "volumes": volumes,
-               "server_tmp": server_tmp}
+        yield {"server_tmp_at_start": at_start, "server": server, "url": server.url, "tmp": tmp, "root": root,
+               "studies": studies, "sentinel": sentinel, "models": models, "pngs": pngs, "slices": slices,
+               "volumes": volumes, "server_tmp": server_tmp}
 
 
 def _get(served, path, **kw):

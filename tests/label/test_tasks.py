@@ -53,7 +53,9 @@ def test_only_model_pt_is_served():
 
 def test_the_app_refuses_a_checkpoint_and_needs_a_bundle(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="checkpoint_final.pt is not a deployed student"):
-        RDLabelApp(str(tmp_path), str(tmp_path), {"bundle": BUNDLE, "model_file": str(tmp_path / "checkpoint_final.pt")})
+        RDLabelApp(
+            str(tmp_path), str(tmp_path), {"bundle": BUNDLE, "model_file": str(tmp_path / "checkpoint_final.pt")}
+        )
     with pytest.raises(OptionError, match="--conf bundle"):
         RDLabelApp(str(tmp_path), str(tmp_path), {})
 
@@ -125,7 +127,11 @@ def test_the_train_task_sets_the_rd_recipe_options(datastore, tmp_path):
     task = RDTrainTask(BUNDLE, str(tmp_path / "models"), {})
     request = {"max_epochs": 2, "val_split": 0.2, "seed": 0}
     train, val = task._partition_datalist(task._fetch_datalist(request, ds), request)
-    assert sorted(i["image"] for i in train + val) == sorted(labelled) and val and not set(map(str, train)) & set(map(str, val))
+    assert (
+        sorted(i["image"] for i in train + val) == sorted(labelled)
+        and val
+        and not set(map(str, train)) & set(map(str, val))
+    )
     task._request, task._run_dir = request, str(tmp_path / "models" / "label_runs" / "t")
     overrides = task._update_overrides({"train#trainer#max_epochs": 2, "train#dataset#data": train,
                                         "validate#dataset#data": val, "device": "cpu"})
@@ -153,7 +159,9 @@ def test_a_multi_label_bundle_answers_sigmoid_scores_and_every_class_above_one_h
 
     bundle = os.path.join(REPO, "bundles", "rd_chestxray")
     reading = dict(frame=None, window="file", slice_axis=-1, slice_index=None, projection=None)
-    write_model_spec(model_spec(list(CHESTXRAY14_FINDINGS), 32, 1, True, "resnet18", bundle, reading=reading), str(tmp_path))
+    write_model_spec(
+        model_spec(list(CHESTXRAY14_FINDINGS), 32, 1, True, "resnet18", bundle, reading=reading), str(tmp_path)
+    )
     torch.manual_seed(0)
     net = StudentClassifier("resnet18", num_classes=len(CHESTXRAY14_FINDINGS), in_channels=1).eval()
     torch.save(net.state_dict(), tmp_path / "model.pt")

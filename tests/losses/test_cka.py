@@ -18,7 +18,11 @@ def numpy_unbiased_hsic(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
     np.fill_diagonal(lt, 0)
     one = np.ones(n)
     return float(
-        (np.trace(kt @ lt) + one @ kt @ one * (one @ lt @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ kt @ lt @ one)
+        (
+            np.trace(kt @ lt)
+            + one @ kt @ one * (one @ lt @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * one @ kt @ lt @ one
+        )
         / (n * (n - 3))
     )
 

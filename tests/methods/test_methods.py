@@ -43,7 +43,8 @@ def test_ablations_fix_their_weight_and_feature_weights_default_to_the_literatur
     assert (o.alpha_start, o.alpha_end) == (0.0, 0.0)
     assert {m: METHODS[m].feature_weight for m in ("fitnets", "at", "sp", "crd")} == {
         "fitnets": 100.0, "at": 1000.0, "sp": 3000.0, "crd": 0.8}
-    assert _options(method="sp").distill_weight == 3000.0 and _options(method="sp", distill_weight="null").distill_weight == 3000.0
+    assert _options(method="sp").distill_weight == 3000.0
+    assert _options(method="sp", distill_weight="null").distill_weight == 3000.0
     assert _options(method="sp", distill_weight="5").distill_weight == 5.0
     with pytest.raises(OptionError, match="distill_weight must be at least 0"):
         _options(method="sp", distill_weight=-1)
@@ -51,7 +52,8 @@ def test_ablations_fix_their_weight_and_feature_weights_default_to_the_literatur
 
 def test_adapted_teacher_methods_default_their_learning_rate_and_epochs():
     """Catches finetune run at LoRA's (10x larger) learning rate, or adaptation epochs not defaulting to --epochs."""
-    assert _options(method="finetune").teacher_lr == 1e-4 and _options(method="lora_kd", teacher_lr="null").teacher_lr == 1e-3
+    assert _options(method="finetune").teacher_lr == 1e-4
+    assert _options(method="lora_kd", teacher_lr="null").teacher_lr == 1e-3
     assert _options(method="lora", teacher_lr="0.01").teacher_lr == 0.01
     with pytest.raises(OptionError, match="teacher_lr must be positive"):
         _options(method="lora", teacher_lr=0)

@@ -90,7 +90,9 @@ def test_lora_goes_on_the_layers_the_features_use_and_leaves_the_outputs_unchang
     assert torch.equal(teacher(x), before)  # lora_B starts at zero
     assert teacher.fingerprint() != fingerprint  # the feature cache's key moves with the adapters
     assert not any(p.requires_grad for p in classifier.teacher.parameters())  # frozen until adaptation starts
-    assert all("lora_" in n for n, p in teacher.named_parameters() if any(p is q for q in classifier.adapted_parameters()))
+    assert all(
+        "lora_" in n for n, p in teacher.named_parameters() if any(p is q for q in classifier.adapted_parameters())
+    )
 
     vit = vit_teacher()
     assert lora_target_modules(vit) == ["patch", "qkv", "proj", "fc1", "fc2"]  # not the unused head

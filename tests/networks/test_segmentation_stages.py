@@ -100,4 +100,4 @@ def test_errors_name_what_to_pass():
         model.forward_from(5, maps)
     custom = SegmentationStudent(nn.Conv2d(1, 4, 3, padding=1), 2, spatial_dims=2, feature_channels=4)
     with pytest.raises(ValueError, match=r"cannot cut a Conv2d .*UNet, BasicUNet and SegResNet"):
-        custom.stage_names
+        _ = custom.stage_names

@@ -45,7 +45,9 @@ def test_unknown_names_are_explained():
         StudentClassifier(nn.Identity(), 2)
 
 
-@pytest.mark.parametrize("name, features", [("monai:resnet10", 512), ("monai:resnet18", 512), ("monai:densenet121", 1024)])
+@pytest.mark.parametrize(
+    "name, features", [("monai:resnet10", 512), ("monai:resnet18", 512), ("monai:densenet121", 1024)]
+)
 def test_3d_classification_students_by_name(name, features):
     torch.manual_seed(0)
     m = StudentClassifier(name, num_classes=3, in_channels=1, spatial_dims=3).eval()

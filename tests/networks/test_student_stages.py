@@ -145,7 +145,7 @@ def test_unsupported_students_and_indices_are_refused():
         custom.forward_stages(torch.rand(1, 1, 8, 8))
     vit = StudentClassifier("timm:vit_tiny_patch16_224", 2, img_size=32, depth=1)
     with pytest.raises(ValueError, match="keeps one stride throughout"):
-        vit.stage_names
+        _ = vit.stage_names
     model = _build("resnet18", 2, {})
     f = torch.rand(1, 512, 1, 1)
     with pytest.raises(IndexError, match=r"there are 4 stages, 0 to 3"):

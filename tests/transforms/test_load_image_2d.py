@@ -1,4 +1,5 @@
-"""LoadImage2D on real files: the demo PNGs, pydicom's (and pydicom-data's) DICOM test files, nibabel's NIfTI test volumes."""
+"""LoadImage2D on real files: the demo PNGs, pydicom's (and pydicom-data's) DICOM test files, nibabel's NIfTI test
+volumes."""
 
 import glob
 import logging
@@ -89,8 +90,12 @@ def test_slice_axis_index_and_projections():
     np.testing.assert_array_equal(np.asarray(LoadImage2D(slice_axis=0, slice_index=3)(ANATOMICAL)[0]), volume[3])
     np.testing.assert_array_equal(np.asarray(LoadImage2D(slice_axis=1, slice_index=-1)(ANATOMICAL)[0]), volume[:, -1])
     np.testing.assert_array_equal(np.asarray(LoadImage2D(projection="max")(ANATOMICAL)[0]), volume.max(2))
-    np.testing.assert_allclose(np.asarray(LoadImage2D(projection="mean", slice_axis=1)(ANATOMICAL)[0]), volume.mean(1), rtol=1e-5)
-    with pytest.raises(DataCheckError, match=r"anatomical\.nii has 25 slices along spatial axis 2 .* slice 25 does not exist"):
+    np.testing.assert_allclose(
+        np.asarray(LoadImage2D(projection="mean", slice_axis=1)(ANATOMICAL)[0]), volume.mean(1), rtol=1e-5
+    )
+    with pytest.raises(
+        DataCheckError, match=r"anatomical\.nii has 25 slices along spatial axis 2 .* slice 25 does not exist"
+    ):
         LoadImage2D(slice_index=25)(ANATOMICAL)
 
 

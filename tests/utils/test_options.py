@@ -68,10 +68,12 @@ def test_list_options_as_a_shell_types_them():
     assert as_float_list((-1000, 200), "intensity_range", length=2) == [-1000.0, 200.0]
     assert as_optional_float_list("null", "pixdim", length=3) is None
     assert as_optional_str(" RAS ", "axcodes") == "RAS" and as_optional_str("None", "axcodes") is None
-    for call, match in ((lambda: as_int_list("[96,96]", "roi_size", length=3), "--roi_size must have 3 values"),
-                        (lambda: as_int_list("[96,0,96]", "roi_size", min_value=1), r"--roi_size\[1\] must be at least 1"),
-                        (lambda: as_int_list("ninety", "roi_size"), "--roi_size must be a list"),
-                        (lambda: as_optional_float_list("[1,-1]", "pixdim", positive=True), r"--pixdim\[1\] must be positive"),
-                        (lambda: as_optional_str(3, "axcodes"), "--axcodes must be text")):
+    for call, match in (
+        (lambda: as_int_list("[96,96]", "roi_size", length=3), "--roi_size must have 3 values"),
+        (lambda: as_int_list("[96,0,96]", "roi_size", min_value=1), r"--roi_size\[1\] must be at least 1"),
+        (lambda: as_int_list("ninety", "roi_size"), "--roi_size must be a list"),
+        (lambda: as_optional_float_list("[1,-1]", "pixdim", positive=True), r"--pixdim\[1\] must be positive"),
+        (lambda: as_optional_str(3, "axcodes"), "--axcodes must be text"),
+    ):
         with pytest.raises(OptionError, match=match):
             call()

@@ -74,7 +74,7 @@ def test_pmc_clip_checkpoint_layout(tmp_path):
 
 
 def test_pmc_clip_matches_open_clip_modified_resnet_keys():
-    open_clip = pytest.importorskip("open_clip", reason="open_clip_torch cross-check of the CLIP RN50 key layout")
+    pytest.importorskip("open_clip", reason="open_clip_torch cross-check of the CLIP RN50 key layout")
     from open_clip.modified_resnet import ModifiedResNet as OCModifiedResNet
 
     from monai_rd.networks.teachers.pmc_clip import ModifiedResNet
@@ -95,7 +95,9 @@ def test_radimagenet_resnet50_official_and_torchvision_layouts(tmp_path):
     official.load_state_dict({k: v for k, v in _official_from_tv(tv.state_dict()).items()})
     state = official.state_dict()
     # the release's Backbone: nn.Sequential(*resnet50.children()[:9]) -> conv1 = 0, bn1 = 1, layer1..4 = 4..7
-    assert {"backbone.0.weight", "backbone.1.running_var", "backbone.4.0.downsample.0.weight", "backbone.7.2.bn3.weight"} <= set(state)
+    assert {
+        "backbone.0.weight", "backbone.1.running_var", "backbone.4.0.downsample.0.weight", "backbone.7.2.bn3.weight"
+    } <= set(state)
     assert not any(k.startswith(("backbone.8", "fc")) for k in state)
     torch.save(state, tmp_path / "ResNet50.pt")
     torch.save(tv.state_dict(), tmp_path / "tv.pth")  # torchvision layout with fc head
@@ -104,7 +106,8 @@ def test_radimagenet_resnet50_official_and_torchvision_layouts(tmp_path):
     _check(t, "radimagenet-resnet50", (7, 7))
     assert _same_weights(t.model, create_teacher("radimagenet-resnet50", weights=tmp_path / "tv.pth").model)
     assert _same_weights(t.model, nn.Sequential(*list(tv.children())[:8]))
-    assert torch.allclose(t.mean, torch.tensor([0.5, 0.5, 0.5])) and torch.allclose(t.std, torch.tensor([0.5, 0.5, 0.5]))
+    assert torch.allclose(t.mean, torch.tensor([0.5, 0.5, 0.5]))
+    assert torch.allclose(t.std, torch.tensor([0.5, 0.5, 0.5]))
 
     bad = dict(state)
     bad["backbone.9.weight"] = torch.zeros(1)
@@ -129,8 +132,12 @@ def test_radimagenet_densenet121_layouts(tmp_path):
     from monai_rd.networks.teachers.radimagenet import _to_backbone_layout
 
     tv = _randomise(torchvision.models.densenet121(weights=None))
-    official = {f"backbone.0.{k[len('features.'):]}": v for k, v in tv.state_dict().items() if k.startswith("features.")}
-    assert {"backbone.0.conv0.weight", "backbone.0.denseblock4.denselayer16.conv2.weight", "backbone.0.norm5.weight"} <= set(official)
+    official = {
+        f"backbone.0.{k[len('features.'):]}": v for k, v in tv.state_dict().items() if k.startswith("features.")
+    }
+    assert {
+        "backbone.0.conv0.weight", "backbone.0.denseblock4.denselayer16.conv2.weight", "backbone.0.norm5.weight"
+    } <= set(official)
     torch.save(official, tmp_path / "DenseNet121.pt")
 
     t = create_teacher("radimagenet-densenet121", weights=tmp_path / "DenseNet121.pt")
@@ -165,7 +172,10 @@ def _sam_encoder_state(depth: int, prefix: str = "") -> dict:
     import timm
 
     vit = _randomise(timm.create_model("samvit_base_patch16", pretrained=False, num_classes=0, depth=depth))
-    state = {prefix + k.replace(".mlp.fc1.", ".mlp.lin1.").replace(".mlp.fc2.", ".mlp.lin2."): v for k, v in vit.state_dict().items()}
+    state = {
+        prefix + k.replace(".mlp.fc1.", ".mlp.lin1.").replace(".mlp.fc2.", ".mlp.lin2."): v
+        for k, v in vit.state_dict().items()
+    }
     return state
 
 
@@ -203,7 +213,10 @@ def test_biomedclip_open_clip_layout(tmp_path):
 
     trunk = _randomise(timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, depth=2))
     state = {f"visual.trunk.{k}": v for k, v in trunk.state_dict().items()}
-    assert {"visual.trunk.cls_token", "visual.trunk.pos_embed", "visual.trunk.blocks.1.attn.qkv.weight", "visual.trunk.norm.weight"} <= set(state)
+    assert {
+        "visual.trunk.cls_token", "visual.trunk.pos_embed", "visual.trunk.blocks.1.attn.qkv.weight",
+        "visual.trunk.norm.weight",
+    } <= set(state)
     state["visual.head.proj.weight"] = torch.zeros(512, 768)
     state["text.transformer.embeddings.word_embeddings.weight"] = torch.zeros(8, 768)
     state["text.proj.0.weight"] = torch.zeros(640, 768)
@@ -238,8 +251,10 @@ def test_rad_dino_transformers_layout(tmp_path):
     cfg = dict(RAD_DINO_CONFIG, num_hidden_layers=2)
     model = _randomise(transformers.Dinov2Model(transformers.Dinov2Config(**cfg)))
     # the published model.safetensors uses the transformers 4.x names, whatever the installed version calls them
-    to_published = {".attention.q_proj.": ".attention.attention.query.", ".attention.k_proj.": ".attention.attention.key.",
-                    ".attention.v_proj.": ".attention.attention.value.", ".attention.o_proj.": ".attention.output.dense."}
+    to_published = {
+        ".attention.q_proj.": ".attention.attention.query.", ".attention.k_proj.": ".attention.attention.key.",
+        ".attention.v_proj.": ".attention.attention.value.", ".attention.o_proj.": ".attention.output.dense.",
+    }
     state = {}
     for k, v in model.state_dict().items():
         for new, old in to_published.items():
@@ -253,7 +268,9 @@ def test_rad_dino_transformers_layout(tmp_path):
     folder.mkdir()
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(dict(cfg, model_type="dinov2")))
-    pre = {"crop_size": {"height": 518, "width": 518}, "image_mean": [0.51, 0.51, 0.51], "image_std": [0.25, 0.25, 0.25]}
+    pre = {
+        "crop_size": {"height": 518, "width": 518}, "image_mean": [0.51, 0.51, 0.51], "image_std": [0.25, 0.25, 0.25]
+    }
     (folder / "preprocessor_config.json").write_text(json.dumps(pre))
 
     teacher = create_teacher("rad-dino", weights=folder)

@@ -114,7 +114,9 @@ def test_offline_url_download_names_file_and_place(offline_cache):
 
 def test_offline_hf_download_names_file_and_place(offline_cache):
     with pytest.raises(WeightsUnavailableError) as err:
-        resolve_weights(None, filename="x/pytorch_model.bin", name="t", hf_repo="org/repo", hf_filename="pytorch_model.bin")
+        resolve_weights(
+            None, filename="x/pytorch_model.bin", name="t", hf_repo="org/repo", hf_filename="pytorch_model.bin"
+        )
     msg = str(err.value)
     assert "`pytorch_model.bin`" in msg and "org/repo" in msg
     assert str(offline_cache / "x" / "pytorch_model.bin") in msg
