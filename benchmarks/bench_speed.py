@@ -7,7 +7,9 @@ this times one training epoch of:
 * ``student_alone`` (a): the bundle with ``method=student``: the student trained alone (CE only);
 * ``rd_live`` (b): RD with the teacher run on every batch (``cache_teacher=false``);
 * ``rd_cached`` (c): RD with the teacher-feature cache (the bundle's default); the cache's one-off build
-  time is reported separately.
+  time is reported separately;
+* with ``--drd``, also ``drd_live`` (d) and ``drd_cached`` (e): Deep RD (``method=drd``) with the teacher's stage
+  maps computed on every batch, and read from the stage-map cache.
 
 Each mode is the bundle's own training workflow (``monai.bundle.ConfigWorkflow`` on its ``train.json``):
 ``initialize`` runs as in a bundle run (options, seed, data check, run folder, the method's ``prepare``: the
@@ -33,6 +35,7 @@ Usage (from the repository root)::
     python benchmarks/bench_speed.py --device cuda --json benchmarks/results/<machine>.json
     python benchmarks/bench_speed.py --override image_size=32 --override batch_size=8 --max_iters 2 --epochs 1
     python benchmarks/bench_speed.py --config_file bundles/rd_brain_segment/configs/train.json --latency_batches 1,4
+    python benchmarks/bench_speed.py --drd --json benchmarks/results/drd-cpu-2core.json
 """
 
 from __future__ import annotations
@@ -66,12 +69,25 @@ MODES: dict[str, dict[str, Any]] = {
     "rd_live": {"method": "rd", "cache_teacher": False},
     "rd_cached": {"method": "rd", "cache_teacher": True},
 }
-MODE_LABELS = {"student_alone": "(a) student alone", "rd_live": "(b) RD, live teacher", "rd_cached": "(c) RD, cached"}
+# with --drd: Deep RD, its stage maps from the live teacher and from the stage-map cache
+DRD_MODES: dict[str, dict[str, Any]] = {
+    "drd_live": {"method": "drd", "cache_teacher": False},
+    "drd_cached": {"method": "drd", "cache_teacher": True},
+}
+ALL_MODES = {**MODES, **DRD_MODES}
+MODE_LABELS = {
+    "student_alone": "(a) student alone",
+    "rd_live": "(b) RD, live teacher",
+    "rd_cached": "(c) RD, cached",
+    "drd_live": "(d) DRD, live teacher",
+    "drd_cached": "(e) DRD, cached",
+}
 
 __all__ = [
     "main",
     "parse_args",
     "MODES",
+    "DRD_MODES",
     "EXPECTED_FORWARDS",
     "ModeRun",
     "TimedFeatureCache",
@@ -127,6 +143,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=4.0,
         help="stop a latency measurement early once it has taken this long (at least 3 repeats)",
+    )
+    ap.add_argument(
+        "--drd",
+        action="store_true",
+        help="also time Deep RD: (d) live teacher and (e) the stage-map cache (method=drd); (e) joins the a/c rounds",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     ap.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON here")
@@ -442,6 +463,11 @@ class ModeRun:
             "teacher": (self.trainer.features.teacher, self.method.teacher),
             "reprogrammer": (getattr(self.trainer, "reprogrammer", None), getattr(self.method, "reprogrammer", None)),
         }
+        # DRD's Φ is one projector per distilled stage: each counts once per call
+        projectors = getattr(self.method, "projectors", None)
+        self.num_projectors = len(projectors) if projectors is not None else 0
+        if projectors is not None:
+            held["reprogrammer"] = (*held["reprogrammer"], *projectors)
         self.teacher, self.reprogrammer = _first(*held["teacher"]), _first(*held["reprogrammer"])
         self.feature_cache = _first(self.trainer.features.feature_cache, self.method.cache)
         n = len(self.trainer.data_loader)
@@ -487,6 +513,7 @@ class ModeRun:
             "has_teacher": self.teacher is not None,
             "has_reprogrammer": self.reprogrammer is not None,
             "has_feature_cache": self.feature_cache is not None,
+            "projectors": self.num_projectors,
             "timed_iterations": self.timed_iters,
             "teacher_forwards": self.timed_calls["teacher"],
             "reprogrammer_forwards": self.timed_calls["reprogrammer"],
@@ -518,8 +545,15 @@ class ModeRun:
         return dt, peak
 
 
-# per mode: (teacher forwards, Φ forwards) per timed iteration that the mode's name promises
-EXPECTED_FORWARDS: dict[str, tuple[int, int]] = {"student_alone": (0, 0), "rd_live": (1, 1), "rd_cached": (0, 1)}
+# per mode: (teacher forwards, Φ forwards) per timed iteration that the mode's name promises; for DRD, Φ is each
+# projector once (the count is multiplied by the mode's number of projectors)
+EXPECTED_FORWARDS: dict[str, tuple[int, int]] = {
+    "student_alone": (0, 0),
+    "rd_live": (1, 1),
+    "rd_cached": (0, 1),
+    "drd_live": (1, 1),
+    "drd_cached": (0, 1),
+}
 
 
 def check_modes(runs: dict[str, ModeRun]) -> dict[str, dict[str, Any]]:
@@ -527,7 +561,8 @@ def check_modes(runs: dict[str, ModeRun]) -> dict[str, dict[str, Any]]:
 
     (a) the student alone: no teacher, no Φ and no feature cache built (by the method or its trainer), neither
     called; (b) RD live: the teacher and Φ once per iteration, no feature cache; (c) RD cached: Φ once per iteration,
-    the teacher never (its features come from the cache).
+    the teacher never (its features come from the cache); (d) and (e), DRD live and cached, likewise, with each
+    stage projector once per iteration.
 
     Args:
         runs: the modes after their timed epochs.
@@ -541,9 +576,11 @@ def check_modes(runs: dict[str, ModeRun]) -> dict[str, dict[str, Any]]:
     """
     report = {name: run.components() for name, run in runs.items()}
     problems = []
-    for name, (teacher, phi) in EXPECTED_FORWARDS.items():
+    for name in report:
+        teacher, phi = EXPECTED_FORWARDS[name]
         c = report[name]
         got = (c["teacher_forwards"], c["reprogrammer_forwards"])
+        phi *= max(c.get("projectors", 0), 1)
         want = (teacher * c["timed_iterations"], phi * c["timed_iterations"])
         if got != want:
             problems.append(f"{name}: {got[0]} teacher and {got[1]} Φ forwards in {c['timed_iterations']} timed "
@@ -553,8 +590,17 @@ def check_modes(runs: dict[str, ModeRun]) -> dict[str, dict[str, Any]]:
         problems.append(f"student_alone: the mode built a teacher, Φ or feature cache with {MODES['student_alone']}")
     if report["rd_live"]["has_feature_cache"] or not report["rd_cached"]["has_feature_cache"]:
         problems.append("rd_live must train without the feature cache (cache_teacher=false) and rd_cached with it")
+    if "drd_live" in report and (
+        report["drd_live"]["has_feature_cache"] or not report["drd_cached"]["has_feature_cache"]
+    ):
+        problems.append(
+            "drd_live must train without the stage-map cache (cache_teacher=false) and drd_cached with it"
+        )
+    for name in DRD_MODES:
+        if name in report and not report[name]["projectors"]:
+            problems.append(f"{name}: the mode built no DRD stage projectors with {DRD_MODES[name]}")
     if problems:
-        overrides = {name: MODES[name] for name in MODES}
+        overrides = {name: ALL_MODES[name] for name in report}
         raise RuntimeError(
             "the benchmark's modes did not run what they are named for: " + "; ".join(problems)
             + f". The modes set these bundle keys: {overrides}; check that the bundle's train.json reads them "
@@ -775,9 +821,21 @@ def _robust_stats(runs: dict[str, ModeRun], order: list[str]) -> dict[str, Any]:
         "seconds_per_epoch_min": best,
         "ratio_live_min": best["rd_live"] / best["student_alone"],
         "ratio_cached_min": best["rd_cached"] / best["student_alone"],
+        **({"ratio_drd_cached_min": best["drd_cached"] / best["student_alone"]} if "drd_cached" in best else {}),
         "ratio_cached_per_round": per_round,
         "ratio_cached_per_round_median": statistics.median(per_round),
         "relative_spread": spread,
+    }
+
+
+def _drd_stats(runs: dict[str, ModeRun], sec: dict[str, float]) -> dict[str, Any]:
+    """DRD's ratios to the student alone (medians; cross-checks in ``robustness``) and its stage-map cache."""
+    return {
+        "ratio_drd_live": sec["drd_live"] / sec["student_alone"],
+        "ratio_drd_cached": sec["drd_cached"] / sec["student_alone"],
+        "ratio_drd_cached_over_rd_cached": sec["drd_cached"] / sec["rd_cached"],
+        "drd_cache": cache_summary(runs["drd_cached"]),
+        "drd_projectors": runs["drd_cached"].num_projectors,
     }
 
 
@@ -788,7 +846,7 @@ def _fmt_table(result: dict[str, Any]) -> str:
         f"median of the timed epochs after {t['warmup_epochs']} warm-up round(s), device {result['machine']['device']}",
         f"{'mode':<24}{'s/epoch':>10}{'x alone':>10}{'peak MB':>10}   epochs (s)",
     ]
-    for mode in MODES:
+    for mode in result["seconds_per_epoch"]:
         sec = result["seconds_per_epoch"][mode]
         ratio = sec / result["seconds_per_epoch"]["student_alone"]
         mem = result["peak_memory_mb"][mode]
@@ -804,6 +862,13 @@ def _fmt_table(result: dict[str, Any]) -> str:
         f"cross-checks: c/a of the fastest epochs = {rb['ratio_cached_min']:.3f}, median of per-round c/a = "
         f"{rb['ratio_cached_per_round_median']:.3f}, b/a fastest = {rb['ratio_live_min']:.3f}"
     )
+    if "ratio_drd_cached" in result:
+        lines.append(
+            f"ratio_drd_live (d/a) = {result['ratio_drd_live']:.3f}   ratio_drd_cached (e/a) = "
+            f"{result['ratio_drd_cached']:.3f}   e/a of the fastest epochs = {rb['ratio_drd_cached_min']:.3f}; "
+            f"stage-map cache {result['drd_cache']['nbytes'] / 2**20:.1f} MB, built in "
+            f"{result['drd_cache']['build_seconds']:.2f} s"
+        )
     inf = result["inference"]["latency_ms"]
     batches = list(inf["student_eager"])
     lines += ["", f"{'Inference latency (ms per batch, median)':<43}" + "".join(f"{'batch ' + b:>10}" for b in batches)]
@@ -838,7 +903,8 @@ def build_modes(
     max_iters: int | None,
     scratch: str,
 ) -> dict[str, ModeRun]:
-    """Build the modes ``names`` (keys of :data:`MODES`) in order, each with the bundle's own workflow.
+    """Build the modes ``names`` (keys of :data:`MODES` or :data:`DRD_MODES`) in order, each with the bundle's own
+    workflow.
 
     Args:
         config_file: the bundle's ``train.json``.
@@ -857,7 +923,7 @@ def build_modes(
     runs: dict[str, ModeRun] = {}
     for name in names:
         t0 = time.perf_counter()
-        workflow = make_workflow(config_file, overrides, MODES[name], device, os.path.join(scratch, name))
+        workflow = make_workflow(config_file, overrides, ALL_MODES[name], device, os.path.join(scratch, name))
         runs[name] = ModeRun(name, workflow, device, max_iters)
         build = runs[name].cache_build_seconds
         extra = f", of which the feature cache's build {build:.1f} s" if build is not None else ""
@@ -902,18 +968,20 @@ def _measure(args: argparse.Namespace, argv: Sequence[str] | None, scratch: str)
     machine = machine_info(device)
     psi_start = cpu_pressure()
 
-    runs = build_modes(args.config_file, args.overrides, list(MODES), device, args.max_iters, scratch)
+    names = list(MODES) + (list(DRD_MODES) if args.drd else [])
+    runs = build_modes(args.config_file, args.overrides, names, device, args.max_iters, scratch)
 
     memory = PeakMemory(device)
     order: list[str] = []
-    names = list(MODES)
     # warm-up rounds run every mode; then the live teacher's timed epochs run on their own, before the a/c rounds,
     # because its heavy epochs disturb whatever runs right after them (allocator, caches); the a/c rounds alternate
     # (a c, c a, ...) so linear drift hits both alike
     schedule: list[tuple[bool, str]] = [(False, n) for _ in range(args.warmup) for n in names]
     schedule += [(True, "rd_live")] * args.live_epochs
+    if args.drd:
+        schedule += [(True, "drd_live")] * args.live_epochs
     for rnd in range(args.epochs):
-        pair = ["student_alone", "rd_cached"]
+        pair = ["student_alone", "rd_cached"] + (["drd_cached"] if args.drd else [])
         schedule += [(True, n) for n in (pair if rnd % 2 == 0 else pair[::-1])]
     for timed, name in schedule:
         dt, peak = runs[name].run_epoch(memory if timed else None, None if timed else args.warmup_iters, timed=timed)
@@ -951,8 +1019,8 @@ def _measure(args: argparse.Namespace, argv: Sequence[str] | None, scratch: str)
         **result_header("bench_speed.py", argv, machine),
         "config": _config_summary(runs["rd_cached"], args.config_file, args.overrides),
         "modes": {
-            name: {"label": MODE_LABELS[name], "bundle_overrides": MODES[name], "ran": mode_check[name]}
-            for name in MODES
+            name: {"label": MODE_LABELS[name], "bundle_overrides": ALL_MODES[name], "ran": mode_check[name]}
+            for name in names
         },
         "timing": {
             "warmup_epochs": args.warmup,
@@ -969,6 +1037,7 @@ def _measure(args: argparse.Namespace, argv: Sequence[str] | None, scratch: str)
         "ratio_live": sec["rd_live"] / sec["student_alone"],
         "ratio_cached": sec["rd_cached"] / sec["student_alone"],
         "robustness": _robust_stats(runs, order),
+        **(_drd_stats(runs, sec) if args.drd else {}),
         "cache": cache_info,
         "peak_memory_mb": {name: max(r.peak_bytes) / 2**20 for name, r in runs.items()},
         "peak_memory_method": memory.method,

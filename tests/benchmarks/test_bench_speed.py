@@ -171,6 +171,50 @@ def test_check_modes_refuses_swapped_modes(result):
         bench.check_modes({m: _Ran(cached_live[m]) for m in MODES})
 
 
+
+@pytest.fixture(scope="module")
+def drd_result(result, tmp_path_factory):
+    """The same tiny demo run with ``--drd``: Deep RD live and cached beside (a), (b) and (c)."""
+    _, _, sub = result
+    tmp = tmp_path_factory.mktemp("bench_speed_drd")
+    with open(tmp / "datalist.json", "w") as f:
+        json.dump(sub, f)
+    return _load_bench().main(
+        [
+            "--drd",
+            "--override", f"datalist_json={tmp / 'datalist.json'}",
+            "--override", "image_size=32",
+            "--override", "batch_size=4",
+            "--epochs", "2",
+            "--warmup_iters", "1",
+            "--max_iters", "2",
+            "--latency_batches", "1",
+            "--latency_repeats", "3",
+        ]
+    )
+
+
+def test_drd_modes_ran_what_they_are_named_for_and_their_ratios(result, drd_result):
+    """Catches ``--drd`` timing DRD under the wrong name: the live mode served by the stage-map cache, the cached
+    mode running the teacher, a projector not run once per iteration, or DRD's ratios not those of its epochs."""
+    res = json.loads(json.dumps(drd_result, default=str))
+    _assert_modes_ran_what_they_are_named_for(res, {"student_alone": 4, "rd_live": 2, "rd_cached": 4}, "RDTrainer")
+    ran = {mode: res["modes"][mode]["ran"] for mode in ("drd_live", "drd_cached")}
+    n_proj = res["drd_projectors"]
+    assert n_proj == ran["drd_cached"]["projectors"] == ran["drd_live"]["projectors"] == 4  # ResNet18's 4 stages
+    assert ran["drd_live"]["trainer"] == ran["drd_cached"]["trainer"] == "DRDTrainer"
+    assert (ran["drd_live"]["teacher_forwards"], ran["drd_live"]["reprogrammer_forwards"]) == (2, 2 * n_proj)
+    assert (ran["drd_cached"]["teacher_forwards"], ran["drd_cached"]["reprogrammer_forwards"]) == (0, 4 * n_proj)
+    assert ran["drd_cached"]["has_feature_cache"] and not ran["drd_live"]["has_feature_cache"]
+    sec = res["seconds_per_epoch"]
+    assert res["ratio_drd_cached"] == pytest.approx(sec["drd_cached"] / sec["student_alone"])
+    assert res["ratio_drd_live"] == pytest.approx(sec["drd_live"] / sec["student_alone"])
+    assert res["drd_cache"]["items"] == len(result[2]["training"]) and res["drd_cache"]["nbytes"] > 0
+    assert sorted(res["timing"]["timed_order"]) == sorted(
+        ["student_alone"] * 2 + ["rd_live"] + ["drd_live"] + ["rd_cached"] * 2 + ["drd_cached"] * 2
+    )
+
+
 # ------------------------------------------------------------------------------ 3D segmentation (dense RD)
 
 
