@@ -42,7 +42,7 @@ def test_split_is_stratified_seeded_and_kept(tmp_path):
     # later runs read the saved split: a new training image does not move anything
     (root / "Training" / "glioma" / "Tr-gl_9999.jpg").write_bytes(b"")
     assert btc_datalist(str(root), str(dl), seed=3, val_fraction=0.2) == out
-    with pytest.raises(ValueError, match="delete it to re-split"):
+    with pytest.raises(ValueError, match="was written with seed=3.*a split you made and no longer want"):
         btc_datalist(str(root), str(dl), seed=4, val_fraction=0.2)
     victim = out["validation"][0]["image"]
     os.remove(victim)
@@ -94,7 +94,7 @@ def test_split_by_patient_with_a_groups_csv(tmp_path):
     # a split saved by image is not silently reused once patients are known
     by_image_json = tmp_path / "by_image.json"
     btc_datalist(str(root), str(by_image_json), seed=0, val_fraction=0.25)
-    with pytest.raises(DataCheckError, match=r"split_by='image', not 'group'; delete it to re-split"):
+    with pytest.raises(DataCheckError, match=r"written with split_by='image', but this run has 'group'.*pass --datalist_json"):
         btc_datalist(str(root), str(by_image_json), seed=0, val_fraction=0.25, groups=str(csv_path))
     saved = json.load(open(by_image_json))
     del saved["split_by"]  # written before splits recorded how they were made

@@ -67,7 +67,7 @@ def test_multi_hot_and_patient_split(tmp_path, kaggle):
     saved = json.load(open(dl))
     assert saved["findings"] == list(CHESTXRAY14_FINDINGS) and saved["val_fraction"] == 0.25
     assert chestxray14_datalist(str(root), str(dl), seed=1, val_fraction=0.25) == out  # re-read
-    with pytest.raises(ValueError, match="delete it to re-split"):
+    with pytest.raises(ValueError, match="was written with val_fraction=0.25.*a split you made and no longer want"):
         chestxray14_datalist(str(root), str(dl), seed=1, val_fraction=0.1)
 
 
