@@ -94,12 +94,13 @@ def test_split_by_patient_with_a_groups_csv(tmp_path):
     # a split saved by image is not silently reused once patients are known
     by_image_json = tmp_path / "by_image.json"
     btc_datalist(str(root), str(by_image_json), seed=0, val_fraction=0.25)
-    with pytest.raises(DataCheckError, match=r"written with split_by='image', but this run has 'group'.*pass --datalist_json"):
+    refusal = r"written with split_by='image', but this run has 'group'.*pass --datalist_json"
+    with pytest.raises(DataCheckError, match=refusal):
         btc_datalist(str(root), str(by_image_json), seed=0, val_fraction=0.25, groups=str(csv_path))
     saved = json.load(open(by_image_json))
     del saved["split_by"]  # written before splits recorded how they were made
     by_image_json.write_text(json.dumps(saved))
-    with pytest.raises(DataCheckError, match=r"split_by=None, not 'group'"):
+    with pytest.raises(DataCheckError, match=r"written with split_by=None, but this run has 'group'"):
         btc_datalist(str(root), str(by_image_json), seed=0, val_fraction=0.25, groups=str(csv_path))
     csv_path.write_text("\n".join(rows[:-1]) + "\n")  # the last pituitary slice has no patient
     with pytest.raises(DataCheckError, match=r"1 of 52 images have no group, first: .*Tr-pi_0012.jpg"):
