@@ -24,9 +24,10 @@ def deployed_cost(
 ) -> dict[str, float]:
     """Parameters and single-image CPU latency of the model a run deploys.
 
-    The network is built from the bundle's ``train.json`` with the run's options, exactly as evaluation builds
-    it, and loaded from the run's ``models/model.pt``: the student and its head, or for ``--method probe`` the
-    teacher and its probe (the teacher's parameters count, since deploying the probe deploys the teacher).
+    The network is built from the bundle's ``train.json`` and ``evaluate.json`` with the run's options, exactly as
+    evaluation builds it, and loaded from the run's ``models/model.pt``: the student and its head, or for
+    ``--method probe`` the teacher and its probe (the teacher's parameters count, since deploying the probe deploys
+    the teacher).
     Latency: one image of the trained size and channels (``models/model_meta.json``), batch 1, one CPU thread,
     eval mode, no gradient; the median of ``repeats`` calls after 3 warm-up calls.
 
@@ -46,7 +47,9 @@ def deployed_cost(
     with open(os.path.join(ckpt_dir, "model_meta.json")) as f:
         spec = json.load(f)
     parser = ConfigParser()
-    parser.read_config(os.path.join(bundle, "configs", "train.json"))
+    # evaluate.json over train.json, as evaluation reads them: its network is what the method deploys, built from
+    # the trained model's spec (train.json's own network is the training one, which needs the teacher)
+    parser.read_config([os.path.join(bundle, "configs", f) for f in ("train.json", "evaluate.json")])
     parser.update({**dict(overrides or {}), "bundle_root": bundle, "method": method, "student": student})
     parser.update({"device": "$torch.device('cpu')", "ckpt_dir": ckpt_dir})
     parser.update({k: spec[k] for k in ("class_names", "image_size", "in_channels") if k in spec})

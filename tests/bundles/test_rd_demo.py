@@ -247,12 +247,15 @@ def test_evaluation_inference_and_export_use_the_models_own_size_and_classes(tmp
     got = torch.tensor([[float(r[c]) for c in classes] for r in rows])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
-    # export builds the same network from the model's spec
+    # export builds the same network from the model's spec, embedding the model's own description (the bundle's
+    # metadata.json describes its 5 classes at 64 px, which ckpt_export refuses for this model)
+    own_format = f"%{tmp_path / 'models' / 'model_meta.json'}#network_data_format"
     monai.bundle.ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"),
                              ckpt_file=str(tmp_path / "models" / "model.pt"),
                              meta_file=os.path.join(CONFIGS, "metadata.json"),
                              config_file=os.path.join(CONFIGS, "inference.json"),
-                             bundle_root=BUNDLE, ckpt_dir=str(tmp_path / "models"))
+                             bundle_root=BUNDLE, ckpt_dir=str(tmp_path / "models"),
+                             **{"_meta_#network_data_format": own_format})
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(tmp_path / "model.ts"))(x), eager(x), atol=1e-5, rtol=1e-4)
 
