@@ -94,16 +94,9 @@ class DRD(Method):
         self.levels: tuple[int, ...] = ()
         self.stages: tuple[int, ...] = ()
 
-    def build_loss(self) -> nn.Module:
-        """:class:`~monai_rd.losses.DRDLoss` (:class:`~monai_rd.losses.DenseDRDLoss` for segmentation)."""
-        from monai_rd import losses
-
-        o = self.options
-        common = dict(alpha=o.alpha_start, beta=o.beta_start, gamma=o.gamma, tau=o.tau, detach_hybrid=o.detach_teacher,
-                      logit_standardise=o.logit_standardise)
-        if o.task == "segmentation":
-            return losses.DenseDRDLoss(**common, cka_mode=o.cka_mode, cka_num_voxels=o.cka_num_voxels, seed=o.seed)
-        return losses.DRDLoss(**common, multi_label=o.multi_label)
+    # Method.build_loss builds DRDLoss / DenseDRDLoss; --detach_teacher detaches the hybrid logits in the KL
+    loss_names: ClassVar[tuple[str, str]] = ("DRDLoss", "DenseDRDLoss")
+    detach_option: ClassVar[str] = "detach_hybrid"
 
     # ---------------------------------------------------------------------------------------------- stages
     def prepare(

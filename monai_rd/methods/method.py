@@ -210,16 +210,23 @@ class Method:
             raise OptionError(f"--method {self.options.method} needs a teacher; the bundle's config defines none.")
         return self._make_teacher()
 
+    # the loss classes of monai_rd.losses (classification, segmentation) and the name of their option that
+    # ``--detach_teacher`` sets; Deep RD's methods name theirs
+    loss_names: ClassVar[tuple[str, str]] = ("RDLoss", "DenseRDLoss")
+    detach_option: ClassVar[str] = "detach_teacher"
+
     def build_loss(self) -> nn.Module:
-        """The loss: :class:`~monai_rd.losses.RDLoss` (classification) or :class:`~monai_rd.losses.DenseRDLoss`."""
+        """The loss: :class:`~monai_rd.losses.RDLoss` (classification) or :class:`~monai_rd.losses.DenseRDLoss`
+        (the classes :attr:`loss_names` names), with the run's weights, τ and CKA settings."""
         from monai_rd import losses
 
         o = self.options
-        common = dict(alpha=o.alpha_start, beta=o.beta_start, gamma=o.gamma, tau=o.tau, detach_teacher=o.detach_teacher,
-                      logit_standardise=o.logit_standardise)
+        common = dict(alpha=o.alpha_start, beta=o.beta_start, gamma=o.gamma, tau=o.tau,
+                      logit_standardise=o.logit_standardise, **{self.detach_option: o.detach_teacher})
+        classification, segmentation = (getattr(losses, name) for name in self.loss_names)
         if o.task == "segmentation":
-            return losses.DenseRDLoss(**common, cka_mode=o.cka_mode, cka_num_voxels=o.cka_num_voxels, seed=o.seed)
-        return losses.RDLoss(**common, multi_label=o.multi_label)
+            return segmentation(**common, cka_mode=o.cka_mode, cka_num_voxels=o.cka_num_voxels, seed=o.seed)
+        return classification(**common, multi_label=o.multi_label)
 
     def deploy(self, student: nn.Module) -> nn.Module:
         """Take the student and build the method's own trainable parts with it.

@@ -201,3 +201,16 @@ def test_lora_kd_distils_the_lora_adapted_teacher_and_its_head(datalist):
     assert all(layer.endswith("_project_conv") for layer in classifier.adapted_layers)
     assert not {id(p) for p in classifier.parameters()} & _optimised(parser)
     assert parser.get_parsed_content("train#fingerprint")["teacher_adaptation"] == [1, 1e-3, 4, 16.0, ["_project_conv"]]
+
+
+@pytest.mark.parametrize("name, losses", [("rd", ("RDLoss", "DenseRDLoss")), ("drd", ("DRDLoss", "DenseDRDLoss"))])
+def test_rd_and_drd_build_their_task_loss_and_detach_follows_the_option(name, losses):
+    """Catches a method built with the other family's loss (DRD training on RDLoss: no hybrid terms), the
+    classification loss used for segmentation, or --detach_teacher not reaching the KL (DRD names it detach_hybrid)."""
+    for opts, loss_name in ((ClassificationOptions(class_names=["a", "b"], method=name), losses[0]),
+                            (SegmentationOptions(class_names=["bg", "a"], method=name), losses[1])):
+        for detach in (True, False):
+            opts.detach_teacher = detach
+            loss = opts.spec.impl[opts.task](opts).loss
+            assert type(loss).__name__ == loss_name
+            assert loss.kd.detach_teacher is detach
